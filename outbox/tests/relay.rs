@@ -1,0 +1,421 @@
+//! The outbox against the real MongoDB-wire server and the real RabbitMQ:
+//! staged in a transaction, delivered after commit, in order, with confirms.
+
+use bson::doc;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use outbox::handler::HandlerFuture;
+use outbox::transaction::{self, RetryPolicy, TransactionError};
+use outbox::{
+    Broker, BrokerConfig, DeliveryError, ExchangeSpec, Handler, Inbox, NewRecord, Outbox,
+    OutboxRecord, RecordStatus, Relay, RelayConfig, Topology,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn mongo_uri() -> String {
+    std::env::var("TEST_MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
+}
+
+fn amqp_uri() -> String {
+    std::env::var("TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TestError {
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Outbox(#[from] outbox::Error),
+    #[error("the body gave up")]
+    GaveUp,
+}
+
+impl TransactionError for TestError {
+    fn is_transient(&self) -> bool {
+        match self {
+            TestError::Mongo(e) => transaction::is_transient(e),
+            TestError::Outbox(outbox::Error::Mongo(e)) => transaction::is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+struct Env {
+    client: mongodb::Client,
+    db: mongodb::Database,
+    outbox: Outbox,
+    exchange: String,
+}
+
+async fn env() -> Env {
+    let client = mongodb::Client::with_uri_str(mongo_uri())
+        .await
+        .expect("mongo");
+    let db = client.database(&format!("outbox_test_{}", uuid::Uuid::new_v4().simple()));
+    let outbox = Outbox::new(&db);
+    outbox.ensure_schema().await.expect("schema");
+    Env {
+        client,
+        db,
+        outbox,
+        exchange: format!("outbox-test-{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+fn broker(exchange: &str) -> Broker {
+    Broker::new(BrokerConfig {
+        uri: amqp_uri(),
+        connection_name: "outbox-test".into(),
+        connect_timeout: Duration::from_secs(5),
+        topology: Topology {
+            exchanges: vec![ExchangeSpec {
+                name: exchange.into(),
+                kind: ExchangeKind::Direct,
+            }],
+            queues: vec![],
+        },
+    })
+}
+
+/// A consumer bound to `exchange` with routing key `key`, as a peer would be.
+async fn bound_queue(exchange: &str, key: &str) -> (Connection, lapin::Consumer) {
+    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange");
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    (conn, consumer)
+}
+
+async fn stage(env: &Env, records: Vec<NewRecord>) -> Vec<String> {
+    let outbox = env.outbox.clone();
+    transaction::run(&env.client, &RetryPolicy::default(), move |session| {
+        let outbox = outbox.clone();
+        let records = records.clone();
+        async move { Ok::<_, TestError>(outbox.stage(session, records).await?) }.boxed()
+    })
+    .await
+    .expect("commit")
+}
+
+fn test_relay(_env: &Env) -> RelayConfig {
+    RelayConfig {
+        watch_changes: false,
+        min_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn committed_records_are_published_in_order_with_stable_ids() {
+    let env = env().await;
+    let (_conn, mut consumer) = bound_queue(&env.exchange, "k").await;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let records = ["a", "b"]
+            .iter()
+            .map(|agg| {
+                NewRecord::amqp(
+                    *agg,
+                    &env.exchange,
+                    "k",
+                    serde_json::json!({ "agg": agg, "n": round }),
+                )
+                .with_header(
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
+                .with_correlation(Some("corr-1".into()))
+            })
+            .collect();
+        ids.extend(stage(&env, records).await);
+    }
+    let relay = Relay::new(env.outbox.clone(), test_relay(&env)).with_broker(broker(&env.exchange));
+    let outcome = relay.drain(Duration::from_secs(20)).await.expect("drain");
+    assert_eq!(outcome.delivered, 6);
+
+    let mut seen: Vec<(String, i64, String)> = Vec::new();
+    while seen.len() < 6 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("message in time")
+            .expect("stream")
+            .expect("delivery");
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        let props = &delivery.properties;
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            props.correlation_id().as_ref().map(|s| s.as_str()),
+            Some("corr-1")
+        );
+        assert!(props.timestamp().is_some());
+        let headers = props.headers().as_ref().expect("headers");
+        assert!(headers.inner().contains_key("traceparent"));
+        seen.push((
+            body["agg"].as_str().unwrap().to_string(),
+            body["n"].as_i64().unwrap(),
+            props.message_id().as_ref().unwrap().to_string(),
+        ));
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    for agg in ["a", "b"] {
+        let order: Vec<i64> = seen.iter().filter(|s| s.0 == agg).map(|s| s.1).collect();
+        assert_eq!(order, vec![0, 1, 2], "per-aggregate order for {agg}");
+    }
+    let mut received: Vec<String> = seen.iter().map(|s| s.2.clone()).collect();
+    received.sort();
+    ids.sort();
+    assert_eq!(received, ids, "message_id is the record id");
+    let records = env.outbox.records_of("a").await.expect("records");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.status == RecordStatus::Published && r.published_at.is_some())
+    );
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    env.db.drop().await.ok();
+}
+
+#[tokio::test]
+async fn an_aborted_transaction_stages_nothing() {
+    let env = env().await;
+    let outbox = env.outbox.clone();
+    let exchange = env.exchange.clone();
+    let result: Result<(), TestError> =
+        transaction::run(&env.client, &RetryPolicy::default(), move |session| {
+            let outbox = outbox.clone();
+            let exchange = exchange.clone();
+            async move {
+                outbox
+                    .stage(
+                        session,
+                        vec![NewRecord::amqp("x", exchange, "k", serde_json::json!({}))],
+                    )
+                    .await?;
+                Err(TestError::GaveUp)
+            }
+            .boxed()
+        })
+        .await;
+    assert!(matches!(result, Err(TestError::GaveUp)));
+    assert!(
+        env.outbox
+            .records_of("x")
+            .await
+            .expect("records")
+            .is_empty()
+    );
+    let relay = Relay::new(env.outbox.clone(), test_relay(&env)).with_broker(broker(&env.exchange));
+    assert_eq!(
+        relay
+            .drain(Duration::from_secs(5))
+            .await
+            .expect("drain")
+            .delivered,
+        0
+    );
+    env.db.drop().await.ok();
+}
+
+struct Flaky {
+    calls: AtomicUsize,
+    fail_first: usize,
+}
+
+impl Handler for Flaky {
+    fn handle<'a>(&'a self, _record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                Err(DeliveryError::Transient(format!("failure {n}")))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn failing_commands_are_retried_then_parked_and_replayable() {
+    let env = env().await;
+    stage(
+        &env,
+        vec![
+            NewRecord::command("agg", "refund", serde_json::json!({ "amount": 1 })),
+            NewRecord::command("agg", "notify", serde_json::json!({})),
+        ],
+    )
+    .await;
+    let config = RelayConfig {
+        max_attempts: 3,
+        ..test_relay(&env)
+    };
+    let refund = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: usize::MAX,
+    });
+    let notify = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    let relay = Relay::new(env.outbox.clone(), config.clone())
+        .with_handler("refund", refund.clone())
+        .with_handler("notify", notify.clone());
+    let outcome = relay.drain(Duration::from_secs(20)).await.expect("drain");
+    assert_eq!(outcome.parked, 1);
+    assert_eq!(
+        refund.calls.load(Ordering::SeqCst),
+        3,
+        "tried max_attempts times"
+    );
+    assert_eq!(
+        notify.calls.load(Ordering::SeqCst),
+        1,
+        "the record behind a parked one still goes"
+    );
+    let parked = env.outbox.parked(10).await.expect("parked");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].attempts, 3);
+    assert!(
+        parked[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("failure")
+    );
+    assert_eq!(env.outbox.stats().await.expect("stats").parked, 1);
+
+    env.outbox
+        .replay(&parked[0].message_id)
+        .await
+        .expect("replay");
+    let fixed = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 1,
+    });
+    let relay = Relay::new(env.outbox.clone(), config).with_handler("refund", fixed.clone());
+    relay.drain(Duration::from_secs(20)).await.expect("drain");
+    assert_eq!(fixed.calls.load(Ordering::SeqCst), 2);
+    let stats = env.outbox.stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.parked), (0, 0));
+    env.db.drop().await.ok();
+}
+
+#[tokio::test]
+async fn a_record_waits_behind_its_predecessor() {
+    let env = env().await;
+    stage(
+        &env,
+        vec![
+            NewRecord::command("agg", "first", serde_json::json!({})),
+            NewRecord::command("agg", "second", serde_json::json!({})),
+        ],
+    )
+    .await;
+    let first = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 1,
+    });
+    let second = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    let config = RelayConfig {
+        min_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(60),
+        ..test_relay(&env)
+    };
+    let relay = Relay::new(env.outbox.clone(), config)
+        .with_handler("first", first.clone())
+        .with_handler("second", second.clone());
+    relay.run_once().await.expect("round");
+    relay.run_once().await.expect("round");
+    assert_eq!(first.calls.load(Ordering::SeqCst), 1, "backing off");
+    assert_eq!(
+        second.calls.load(Ordering::SeqCst),
+        0,
+        "never overtakes the first"
+    );
+    env.db.drop().await.ok();
+}
+
+#[tokio::test]
+async fn the_inbox_admits_a_message_once() {
+    let env = env().await;
+    let inbox = Inbox::new(&env.db, Duration::from_secs(3600));
+    inbox.ensure_schema().await.expect("schema");
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let inbox = inbox.clone();
+        let first =
+            transaction::run(&env.client, &RetryPolicy::default(), move |session| {
+                let inbox = inbox.clone();
+                async move {
+                    Ok::<_, TestError>(inbox.record(session, "reviews", "m-1", doc! {}).await?)
+                }
+                .boxed()
+            })
+            .await
+            .expect("commit");
+        results.push(first);
+    }
+    assert_eq!(results, vec![true, false, false]);
+    assert_eq!(inbox.count("reviews").await.expect("count"), 1);
+    env.db.drop().await.ok();
+}
