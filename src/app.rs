@@ -1,0 +1,209 @@
+//! Builds the application (database, broker, relay, router) and runs it
+//! until a shutdown signal: stop accepting, finish in-flight requests, let
+//! the relay finish the round it holds, close the broker connection.
+
+use crate::config::Config;
+use crate::http::{self, AppState, auth::Auth};
+use crate::notifications::Notifications;
+use crate::orders::Orders;
+use crate::orders::events::{Exchanges, REFUND_COMMAND};
+use crate::payments::Payments;
+use crate::payments::flutterwave::Flutterwave;
+use crate::payments::refund::RefundHandler;
+use crate::uploads::Uploads;
+use lapin::ExchangeKind;
+use mongodb::Client;
+use mongodb::options::ClientOptions;
+use outbox::store::OutboxConfig;
+use outbox::{Broker, BrokerConfig, ExchangeSpec, Inbox, Outbox, Relay, RelayConfig, Topology};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] mongodb::error::Error),
+    #[error("outbox schema: {0}")]
+    Outbox(#[from] outbox::Error),
+    #[error("order schema: {0}")]
+    Orders(#[from] crate::orders::OrderError),
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("payment client: {0}")]
+    Payments(#[from] crate::payments::flutterwave::ProviderError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    relay: Relay,
+}
+
+impl Application {
+    /// Connects and prepares everything; binds `config.port` (0 = any free port).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let mut options = ClientOptions::parse(&config.database_url).await?;
+        options.app_name = Some("order-service".into());
+        options.server_selection_timeout = Some(Duration::from_secs(10));
+        let client = Client::with_options(options)?;
+        let db = client.database(&config.database_name);
+
+        let outbox = Outbox::with_config(
+            &db,
+            OutboxConfig {
+                retention: config.outbox_retention,
+                ..OutboxConfig::default()
+            },
+        );
+        outbox.ensure_schema().await?;
+        Inbox::new(&db, config.inbox_retention)
+            .ensure_schema()
+            .await?;
+
+        let exchanges = Exchanges::new(&config.exchange_prefix);
+        let broker = Broker::new(BrokerConfig {
+            uri: config.rabbitmq_endpoint.clone(),
+            connection_name: format!("order-service {}", config.instance_id),
+            connect_timeout: Duration::from_secs(5),
+            topology: topology(&exchanges),
+        });
+        let relay = Relay::new(
+            outbox.clone(),
+            RelayConfig {
+                instance_id: config.instance_id.clone(),
+                max_attempts: config.outbox_max_attempts,
+                lease: config.outbox_lease,
+                poll_interval: config.outbox_poll_interval,
+                ..RelayConfig::default()
+            },
+        )
+        .with_broker(broker.clone());
+
+        let orders = Orders::new(
+            client.clone(),
+            &db,
+            outbox.clone(),
+            exchanges,
+            config.client_url.clone(),
+            config.currency.clone(),
+        )
+        .with_waker(relay.waker());
+        orders.repository().ensure_schema(&db).await?;
+        let flutterwave = Flutterwave::new(
+            &config.flutterwave_api_url,
+            config.flutterwave_secret_key.clone(),
+            config.flutterwave_timeout,
+        )?;
+        let relay = relay.with_handler(
+            REFUND_COMMAND,
+            Arc::new(RefundHandler::new(flutterwave.clone(), orders.clone())),
+        );
+
+        let listener = TcpListener::bind(("0.0.0.0", config.port)).await?;
+        let state = AppState {
+            auth: Arc::new(Auth::new(&config.jwt_token, &config.gateway_jwt_token)),
+            notifications: Notifications::new(orders.repository().clone()),
+            payments: Payments::new(flutterwave, orders.clone()),
+            uploads: Uploads::new(config.cloudinary.clone()),
+            config: Arc::new(config),
+            db,
+            orders,
+            outbox,
+            broker,
+        };
+        Ok(Self {
+            listener,
+            state,
+            relay,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains in order.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let cancel = CancellationToken::new();
+        let broker = self.state.broker.clone();
+        let keeper = tokio::spawn(keep_connected(broker.clone(), cancel.clone()));
+        let relay = self.relay.start(cancel.child_token());
+        let router = http::router(self.state);
+        tracing::info!(
+            port = self.listener.local_addr()?.port(),
+            "order service listening"
+        );
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        tracing::info!("HTTP stopped; finishing the relay round in progress");
+        relay.shutdown().await;
+        cancel.cancel();
+        let _ = keeper.await;
+        broker.close().await;
+        served
+    }
+}
+
+/// Exchanges (and later queues) the service needs; declared on every connect.
+fn topology(exchanges: &Exchanges) -> Topology {
+    Topology {
+        exchanges: [
+            &exchanges.seller_updates,
+            &exchanges.buyer_updates,
+            &exchanges.order,
+        ]
+        .into_iter()
+        .map(|name| ExchangeSpec {
+            name: name.clone(),
+            kind: ExchangeKind::Direct,
+        })
+        .collect(),
+        queues: Vec::new(),
+    }
+}
+
+/// Keeps the broker connection up even when nothing is published, so that
+/// readiness tells the truth and the first event after an outage goes out
+/// without waiting for a reconnect.
+async fn keep_connected(broker: Broker, cancel: CancellationToken) {
+    use backon::BackoffBuilder;
+    let fresh = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = fresh();
+    while !cancel.is_cancelled() {
+        let pause = match broker.publish_channel().await {
+            Ok(_) => {
+                backoff = fresh();
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "RabbitMQ unreachable; retrying");
+                backoff.next().unwrap_or(Duration::from_secs(10))
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

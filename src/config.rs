@@ -1,0 +1,358 @@
+//! Environment -> typed configuration. Fails fast, naming the variable.
+//!
+//! Names are those of the first Order Service (API.md), so deployments need
+//! no change; new settings have clear names and documented defaults. Local
+//! defaults let `scripts/run.sh` work without editing anything; production
+//! refuses them.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+    Test,
+}
+
+/// A variable that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub port: u16,
+    /// The only CORS origin: browsers reach the service through the gateway.
+    pub api_gateway_url: String,
+    /// Base of links in e-mails (`{CLIENT_URL}/orders/{id}/activities`).
+    pub client_url: String,
+    pub jwt_token: Secret,
+    pub gateway_jwt_token: Secret,
+    pub database_url: String,
+    /// Taken from the path of `DATABASE_URL`.
+    pub database_name: String,
+    pub rabbitmq_endpoint: String,
+    /// Prepended to every exchange name; lets several environments (or test
+    /// runs) share one broker without seeing each other's events.
+    pub exchange_prefix: String,
+    pub elastic_search_url: Option<String>,
+    pub flutterwave_secret_key: Secret,
+    pub flutterwave_api_url: String,
+    pub flutterwave_webhook_hash: Secret,
+    pub flutterwave_timeout: Duration,
+    /// Currency of orders whose request names none.
+    pub currency: String,
+    pub cloudinary: Cloudinary,
+    /// Guards `/admin/*` (parked outbox records, replay).
+    pub admin_token: Secret,
+    pub instance_id: String,
+    pub outbox_max_attempts: i32,
+    pub outbox_lease: Duration,
+    pub outbox_poll_interval: Duration,
+    pub outbox_retention: Duration,
+    pub inbox_retention: Duration,
+    pub enable_apm: bool,
+    pub elastic_apm_server_url: Option<String>,
+    pub elastic_apm_secret_token: Option<Secret>,
+    /// Kept for compatibility with the old service's cookie sessions.
+    pub secret_key_one: Secret,
+    pub secret_key_two: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cloudinary {
+    pub cloud_name: Option<String>,
+    pub api_key: Option<String>,
+    pub api_secret: Option<Secret>,
+    pub api_url: String,
+}
+
+/// Values that only make sense on a developer's machine.
+const LOCAL_SECRETS: &[&str] = &[
+    "local-jwt-secret",
+    "local-gateway-secret",
+    "local-secret-one",
+    "local-secret-two",
+    "local-admin-token",
+    "local-webhook-hash",
+    "FLWSECK_TEST-local-simulator",
+];
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable source (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars { lookup: &lookup };
+        let environment = match vars.get("NODE_ENV").as_deref() {
+            None | Some("development") => Environment::Development,
+            Some("production") => Environment::Production,
+            Some("test") => Environment::Test,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "NODE_ENV",
+                    reason: format!("expected development, production or test, got {other:?}"),
+                });
+            }
+        };
+        let production = environment == Environment::Production;
+        let secret = |name: &'static str, local: &str| -> Result<Secret, ConfigError> {
+            match vars.get(name) {
+                Some(value) if production && LOCAL_SECRETS.contains(&value.as_str()) => {
+                    Err(ConfigError {
+                        variable: name,
+                        reason: "a local placeholder is not allowed in production".into(),
+                    })
+                }
+                Some(value) => Ok(Secret(value)),
+                None if production => Err(ConfigError {
+                    variable: name,
+                    reason: "required in production".into(),
+                }),
+                None => Ok(Secret(local.to_string())),
+            }
+        };
+        let database_url = vars.url(
+            "DATABASE_URL",
+            "mongodb://127.0.0.1:27017/gigconnect-order?directConnection=true",
+            &["mongodb://", "mongodb+srv://"],
+        )?;
+        let database_name = database_name(&database_url).ok_or(ConfigError {
+            variable: "DATABASE_URL",
+            reason: "must name the database in its path, e.g. mongodb://host:27017/orders".into(),
+        })?;
+        Ok(Self {
+            environment,
+            port: vars.parse("PORT", 4006)?,
+            api_gateway_url: vars.url(
+                "API_GATEWAY_URL",
+                "http://localhost:4000",
+                &["http://", "https://"],
+            )?,
+            client_url: vars.url(
+                "CLIENT_URL",
+                "http://localhost:3000",
+                &["http://", "https://"],
+            )?,
+            jwt_token: secret("JWT_TOKEN", "local-jwt-secret")?,
+            gateway_jwt_token: secret("GATEWAY_JWT_TOKEN", "local-gateway-secret")?,
+            database_url,
+            database_name,
+            rabbitmq_endpoint: vars.url(
+                "RABBITMQ_ENDPOINT",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &["amqp://", "amqps://"],
+            )?,
+            exchange_prefix: vars.get("AMQP_EXCHANGE_PREFIX").unwrap_or_default(),
+            elastic_search_url: vars.optional_url("ELASTIC_SEARCH_URL")?,
+            flutterwave_secret_key: secret(
+                "FLUTTERWAVE_SECRET_KEY",
+                "FLWSECK_TEST-local-simulator",
+            )?,
+            flutterwave_api_url: vars
+                .url(
+                    "FLUTTERWAVE_API_URL",
+                    "http://127.0.0.1:4010/v3",
+                    &["http://", "https://"],
+                )?
+                .trim_end_matches('/')
+                .to_string(),
+            flutterwave_webhook_hash: secret("FLUTTERWAVE_WEBHOOK_HASH", "local-webhook-hash")?,
+            flutterwave_timeout: Duration::from_millis(
+                vars.parse("FLUTTERWAVE_TIMEOUT_MS", 10_000)?,
+            ),
+            currency: vars.get("ORDER_CURRENCY").unwrap_or_else(|| "NGN".into()),
+            cloudinary: Cloudinary {
+                cloud_name: vars.get("CLOUD_NAME"),
+                api_key: vars.get("CLOUD_API_KEY"),
+                api_secret: vars.get("CLOUD_API_SECRET").map(Secret),
+                api_url: vars.url(
+                    "CLOUDINARY_API_URL",
+                    "https://api.cloudinary.com/v1_1",
+                    &["http://", "https://"],
+                )?,
+            },
+            admin_token: secret("ADMIN_TOKEN", "local-admin-token")?,
+            instance_id: vars
+                .get("INSTANCE_ID")
+                .unwrap_or_else(|| format!("order-{}", uuid::Uuid::new_v4().simple())),
+            outbox_max_attempts: vars.parse("OUTBOX_MAX_ATTEMPTS", 10)?,
+            outbox_lease: Duration::from_secs(vars.parse("OUTBOX_LEASE_SECS", 30)?),
+            outbox_poll_interval: Duration::from_millis(vars.parse("OUTBOX_POLL_MS", 500)?),
+            outbox_retention: Duration::from_secs(
+                vars.parse::<u64>("OUTBOX_RETENTION_DAYS", 7)? * 86_400,
+            ),
+            inbox_retention: Duration::from_secs(
+                vars.parse::<u64>("INBOX_RETENTION_DAYS", 30)? * 86_400,
+            ),
+            enable_apm: vars.flag("ENABLE_APM")?,
+            elastic_apm_server_url: vars.optional_url("ELASTIC_APM_SERVER_URL")?,
+            elastic_apm_secret_token: vars.get("ELASTIC_APM_SECRET_TOKEN").map(Secret),
+            secret_key_one: secret("SECRET_KEY_ONE", "local-secret-one")?,
+            secret_key_two: secret("SECRET_KEY_TWO", "local-secret-two")?,
+        })
+    }
+}
+
+struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Vars<'_> {
+    /// A set, non-blank value; blank counts as unset, as in most `.env` files.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|_| ConfigError {
+                variable: name,
+                reason: format!("{raw:?} is not a valid value"),
+            }),
+        }
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.get(name).as_deref() {
+            None | Some("0") | Some("false") => Ok(false),
+            Some("1") | Some("true") => Ok(true),
+            Some(other) => Err(ConfigError {
+                variable: name,
+                reason: format!("expected 0/1/true/false, got {other:?}"),
+            }),
+        }
+    }
+
+    fn url(
+        &self,
+        name: &'static str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<String, ConfigError> {
+        let value = self.get(name).unwrap_or_else(|| default.to_string());
+        if schemes.iter().any(|s| value.starts_with(s)) && value.len() > 8 {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                variable: name,
+                reason: format!("must start with one of {}", schemes.join(", ")),
+            })
+        }
+    }
+
+    fn optional_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => self.url(name, "", &["http://", "https://"]).map(Some),
+        }
+    }
+}
+
+/// `mongodb://host:port/name?opts` -> `name`.
+fn database_name(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    let name = path.split('?').next()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn local_defaults_need_nothing() {
+        let config = config(&[]).expect("defaults");
+        assert_eq!(config.port, 4006);
+        assert_eq!(config.database_name, "gigconnect-order");
+        assert_eq!(config.environment, Environment::Development);
+    }
+
+    #[test]
+    fn a_malformed_variable_is_named() {
+        let error = config(&[("PORT", "eighty")]).unwrap_err();
+        assert_eq!(error.variable, "PORT");
+        assert!(error.to_string().starts_with("configuration error: PORT:"));
+        assert_eq!(
+            config(&[("RABBITMQ_ENDPOINT", "localhost")])
+                .unwrap_err()
+                .variable,
+            "RABBITMQ_ENDPOINT"
+        );
+        assert_eq!(
+            config(&[("DATABASE_URL", "mongodb://host:27017")])
+                .unwrap_err()
+                .variable,
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            config(&[("NODE_ENV", "staging")]).unwrap_err().variable,
+            "NODE_ENV"
+        );
+    }
+
+    #[test]
+    fn production_refuses_placeholders_and_missing_secrets() {
+        assert_eq!(
+            config(&[("NODE_ENV", "production")]).unwrap_err().variable,
+            "JWT_TOKEN"
+        );
+        let error = config(&[
+            ("NODE_ENV", "production"),
+            ("JWT_TOKEN", "local-jwt-secret"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.variable, "JWT_TOKEN");
+        assert!(error.reason.contains("placeholder"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = config(&[("JWT_TOKEN", "super-secret-value")]).expect("config");
+        assert!(!format!("{config:?}").contains("super-secret-value"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Stored documents: orders (the old schema's fields plus `version`,
+//! payment and refund state) and notifications. Field names are the old
+//! service's, so the gateway and clients read the same JSON.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    AwaitingPayment,
+    Processing,
+    Delivered,
+    Completed,
+    Cancelled,
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OrderStatus::AwaitingPayment => "AWAITING_PAYMENT",
+            OrderStatus::Processing => "PROCESSING",
+            OrderStatus::Delivered => "DELIVERED",
+            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::Cancelled => "CANCELLED",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Offer {
+    pub gig_title: String,
+    pub price: f64,
+    pub description: String,
+    pub delivery_in_days: i64,
+    pub old_delivery_date: String,
+    #[serde(default)]
+    pub new_delivery_date: Option<String>,
+    pub accepted: bool,
+    pub cancelled: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveredWork {
+    pub message: String,
+    pub file: Option<String>,
+    pub file_type: Option<String>,
+    pub file_size: Option<i64>,
+    pub file_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionRequest {
+    pub original_date: String,
+    pub new_date: String,
+    pub days: i64,
+    pub reason: String,
+}
+
+/// Milestones shown on the order's activity page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderEvents {
+    pub place_order: Option<String>,
+    pub requirements: Option<String>,
+    pub order_started: Option<String>,
+    pub delivery_date_update: Option<String>,
+    pub order_delivered: Option<String>,
+    pub buyer_review: Option<String>,
+    pub seller_review: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    pub rating: i32,
+    pub review: String,
+    pub created: String,
+}
+
+/// The Flutterwave side of an order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Payment {
+    pub tx_ref: String,
+    pub transaction_id: Option<String>,
+    pub gateway_status: Option<String>,
+    pub payment_method: Option<String>,
+    pub fee: Option<f64>,
+    pub amount_paid: Option<f64>,
+    pub paid_at: Option<String>,
+    pub checkout_link: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RefundStatus {
+    Pending,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refund {
+    pub status: RefundStatus,
+    pub amount: f64,
+    pub flutterwave_refund_id: Option<String>,
+    pub attempts: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// UUIDv7: sorts by creation time, which pagination relies on.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub offer: Offer,
+    pub gig_id: String,
+    pub seller_id: String,
+    pub seller_username: String,
+    pub seller_image: String,
+    pub seller_email: String,
+    pub gig_cover_image: String,
+    pub gig_main_title: String,
+    pub gig_basic_title: String,
+    pub gig_basic_description: String,
+    pub buyer_id: String,
+    pub buyer_username: String,
+    pub buyer_email: String,
+    pub buyer_image: String,
+    pub status: OrderStatus,
+    pub order_id: String,
+    pub invoice_id: String,
+    pub quantity: i64,
+    pub price: f64,
+    pub service_fee: f64,
+    pub currency: String,
+    pub requirements: String,
+    pub approved: bool,
+    pub delivered: bool,
+    pub cancelled: bool,
+    pub approved_at: Option<String>,
+    pub delivered_work: Vec<DeliveredWork>,
+    pub request_extension: Option<ExtensionRequest>,
+    pub date_ordered: String,
+    pub events: OrderEvents,
+    pub buyer_review: Option<Review>,
+    pub seller_review: Option<Review>,
+    pub flutterwave: Payment,
+    pub refund: Option<Refund>,
+    /// Bumped by every change; a write succeeds only on the version it read.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which side of an order a user is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Buyer,
+    Seller,
+}
+
+impl Order {
+    /// The caller's side, comparing usernames case-insensitively; `None` for strangers.
+    pub fn party_of(&self, username: &str) -> Option<Party> {
+        if self.buyer_username.eq_ignore_ascii_case(username) {
+            Some(Party::Buyer)
+        } else if self.seller_username.eq_ignore_ascii_case(username) {
+            Some(Party::Seller)
+        } else {
+            None
+        }
+    }
+
+    /// What the buyer must pay: price plus the stored fee.
+    pub fn amount_due(&self) -> f64 {
+        super::fees::total(self.price, self.service_fee)
+    }
+
+    /// The delivery date currently agreed.
+    pub fn due_date(&self) -> &str {
+        self.offer
+            .new_delivery_date
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&self.offer.old_delivery_date)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// UUIDv7, so the newest sorts last and clients can drop duplicates by it.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_to: String,
+    pub sender_username: String,
+    pub sender_picture: String,
+    pub receiver_username: String,
+    pub receiver_picture: String,
+    pub is_read: bool,
+    pub message: String,
+    pub order_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Notification {
+    /// A notification from one party of `order` to the other.
+    pub fn to_other_party(order: &Order, from: Party, message: &str, now: DateTime<Utc>) -> Self {
+        let (sender, sender_picture, receiver, receiver_picture) = match from {
+            Party::Buyer => (
+                &order.buyer_username,
+                &order.buyer_image,
+                &order.seller_username,
+                &order.seller_image,
+            ),
+            Party::Seller => (
+                &order.seller_username,
+                &order.seller_image,
+                &order.buyer_username,
+                &order.buyer_image,
+            ),
+        };
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_to: receiver.clone(),
+            sender_username: sender.clone(),
+            sender_picture: sender_picture.clone(),
+            receiver_username: receiver.clone(),
+            receiver_picture: receiver_picture.clone(),
+            is_read: false,
+            message: message.to_string(),
+            order_id: order.order_id.clone(),
+            created_at: now,
+        }
+    }
+}

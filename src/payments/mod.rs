@@ -1,0 +1,95 @@
+//! Payments through Flutterwave: the client, the rules a transaction must
+//! meet to pay an order, and the refund command run by the outbox relay.
+
+pub mod flutterwave;
+pub mod refund;
+pub mod verification;
+
+use crate::orders::commands::Actor;
+use crate::orders::model::{Order, OrderStatus, Party};
+use crate::orders::state_machine::{Action, Refused};
+use crate::orders::{OrderError, Orders};
+use flutterwave::{Flutterwave, ProviderError};
+
+#[derive(Clone)]
+pub struct Payments {
+    flutterwave: Flutterwave,
+    orders: Orders,
+}
+
+impl Payments {
+    pub fn new(flutterwave: Flutterwave, orders: Orders) -> Self {
+        Self {
+            flutterwave,
+            orders,
+        }
+    }
+
+    pub fn flutterwave(&self) -> &Flutterwave {
+        &self.flutterwave
+    }
+
+    /// PUT verify: asks Flutterwave about `transaction_id` and, if it pays
+    /// the order behind `tx_ref`, moves it to PROCESSING. Never trusts the
+    /// caller's figures: amount and currency come from the provider and the
+    /// stored order.
+    pub async fn verify(
+        &self,
+        actor: &Actor,
+        transaction_id: &str,
+        tx_ref: &str,
+    ) -> Result<Order, OrderError> {
+        if transaction_id.is_empty()
+            || !transaction_id.chars().all(|c| c.is_ascii_digit())
+            || transaction_id.len() > 20
+        {
+            return Err(OrderError::Invalid(
+                "transactionId must be a Flutterwave transaction number".into(),
+            ));
+        }
+        let order = self
+            .orders
+            .by_tx_ref(tx_ref)
+            .await?
+            .ok_or(OrderError::NotFound)?;
+        match order.party_of(&actor.username) {
+            Some(Party::Buyer) => {}
+            Some(Party::Seller) => {
+                return Err(OrderError::Forbidden("only the buyer can verify a payment"));
+            }
+            None => return Err(OrderError::Forbidden("you are not a party to this order")),
+        }
+        if order.status != OrderStatus::AwaitingPayment {
+            if order.flutterwave.transaction_id.as_deref() == Some(transaction_id) {
+                return Ok(order);
+            }
+            return Err(Refused::NotAllowed {
+                action: Action::Pay.verb(),
+                from: order.status,
+            }
+            .into());
+        }
+        let transaction = self
+            .flutterwave
+            .verify(transaction_id)
+            .await
+            .map_err(provider_error)?
+            .ok_or_else(|| {
+                OrderError::PaymentRejected("Flutterwave knows no such transaction".into())
+            })?;
+        let payment =
+            verification::check(&order, &transaction).map_err(OrderError::PaymentRejected)?;
+        self.orders
+            .record_payment(actor, &order.order_id, payment)
+            .await
+    }
+}
+
+pub fn provider_error(error: ProviderError) -> OrderError {
+    match error {
+        ProviderError::Unavailable { retry_after, .. } => {
+            OrderError::ProviderUnavailable { retry_after }
+        }
+        other => OrderError::Provider(other.to_string()),
+    }
+}

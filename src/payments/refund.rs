@@ -1,0 +1,115 @@
+//! The refund command, run by the outbox relay after a paid order is
+//! cancelled. Runs exactly once: Flutterwave has no idempotency key, so
+//! before every attempt we ask whether a refund was already applied (a
+//! previous attempt may have timed out after Flutterwave applied it).
+
+use super::flutterwave::{Flutterwave, ProviderError};
+use crate::orders::Orders;
+use crate::orders::model::{Refund, RefundStatus};
+use outbox::handler::HandlerFuture;
+use outbox::{DeliveryError, Handler, OutboxRecord};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefundCommand {
+    order_id: String,
+    transaction_id: Option<String>,
+    amount: f64,
+}
+
+pub struct RefundHandler {
+    flutterwave: Flutterwave,
+    orders: Orders,
+}
+
+impl RefundHandler {
+    pub fn new(flutterwave: Flutterwave, orders: Orders) -> Self {
+        Self {
+            flutterwave,
+            orders,
+        }
+    }
+
+    async fn run(&self, record: &OutboxRecord) -> Result<(), DeliveryError> {
+        let command: RefundCommand = serde_json::from_str(&record.payload)
+            .map_err(|e| DeliveryError::Permanent(format!("malformed refund command: {e}")))?;
+        let Some(transaction_id) = command.transaction_id.as_deref() else {
+            return Err(DeliveryError::Permanent(
+                "paid order has no transaction id".into(),
+            ));
+        };
+        let attempts = record.attempts + 1;
+        let applied = self
+            .flutterwave
+            .refunds_for(transaction_id)
+            .await
+            .map_err(delivery_error)?
+            .into_iter()
+            .find(|r| r.status != "failed" && (r.amount_refunded - command.amount).abs() < 0.005);
+        let refund = match applied {
+            Some(existing) => existing,
+            None => match self
+                .flutterwave
+                .refund(transaction_id, command.amount, "order cancelled")
+                .await
+            {
+                Ok(refund) => refund,
+                Err(ProviderError::Rejected(reason)) => {
+                    self.save(&command, RefundStatus::Failed, None, attempts)
+                        .await?;
+                    return Err(DeliveryError::Permanent(format!(
+                        "refund refused: {reason}"
+                    )));
+                }
+                Err(e) => return Err(delivery_error(e)),
+            },
+        };
+        self.save(
+            &command,
+            RefundStatus::Completed,
+            Some(refund.id.to_string()),
+            attempts,
+        )
+        .await
+    }
+
+    async fn save(
+        &self,
+        command: &RefundCommand,
+        status: RefundStatus,
+        id: Option<String>,
+        attempts: i32,
+    ) -> Result<(), DeliveryError> {
+        let refund = Refund {
+            status,
+            amount: command.amount,
+            flutterwave_refund_id: id,
+            attempts,
+        };
+        self.orders
+            .record_refund(&command.order_id, refund)
+            .await
+            .map(|_| ())
+            .map_err(|e| DeliveryError::Transient(e.to_string()))
+    }
+}
+
+fn delivery_error(error: ProviderError) -> DeliveryError {
+    match error {
+        ProviderError::Unavailable {
+            reason,
+            retry_after,
+        } => DeliveryError::Unavailable {
+            reason,
+            retry_after,
+        },
+        other => DeliveryError::Transient(other.to_string()),
+    }
+}
+
+impl Handler for RefundHandler {
+    fn handle<'a>(&'a self, record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        Box::pin(self.run(record))
+    }
+}

@@ -1,0 +1,83 @@
+//! Delivered files: a `data:` URI is uploaded to Cloudinary (signed upload
+//! API) and replaced by its `secure_url`; a URL is kept as it is.
+
+use crate::config::Cloudinary;
+use crate::orders::OrderError;
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Uploads {
+    http: reqwest::Client,
+    config: Cloudinary,
+}
+
+#[derive(Deserialize)]
+struct Uploaded {
+    secure_url: String,
+}
+
+impl Uploads {
+    pub fn new(config: Cloudinary) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Self { http, config }
+    }
+
+    pub async fn store(&self, file: &str) -> Result<String, OrderError> {
+        if !file.starts_with("data:") {
+            return Ok(file.to_string());
+        }
+        let (Some(cloud), Some(key), Some(secret)) = (
+            &self.config.cloud_name,
+            &self.config.api_key,
+            &self.config.api_secret,
+        ) else {
+            return Err(OrderError::ProviderUnavailable {
+                retry_after: Duration::from_secs(60),
+            });
+        };
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        // Cloudinary signs the sorted parameters followed by the secret.
+        let signature = format!(
+            "{:x}",
+            Sha1::digest(format!("timestamp={timestamp}{}", secret.expose()).as_bytes())
+        );
+        let url = format!(
+            "{}/{cloud}/auto/upload",
+            self.config.api_url.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .post(url)
+            .form(&[
+                ("file", file),
+                ("api_key", key),
+                ("timestamp", &timestamp),
+                ("signature", &signature),
+            ])
+            .send()
+            .await
+            .map_err(|_| OrderError::ProviderUnavailable {
+                retry_after: Duration::from_secs(30),
+            })?;
+        if response.status().is_client_error() {
+            return Err(OrderError::Invalid(
+                "file was refused by the file store".into(),
+            ));
+        }
+        if !response.status().is_success() {
+            return Err(OrderError::ProviderUnavailable {
+                retry_after: Duration::from_secs(30),
+            });
+        }
+        let uploaded: Uploaded = response
+            .json()
+            .await
+            .map_err(|e| OrderError::Provider(e.to_string()))?;
+        Ok(uploaded.secure_url)
+    }
+}
