@@ -1,1 +1,260 @@
-//! placeholder
+//! What peers receive: each AMQP event of API.md read from queues bound to
+//! the real exchanges, with its properties.
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn oid() -> String {
+    format!("ev-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+fn kind(m: &Received) -> String {
+    m.body["template"]
+        .as_str()
+        .or(m.body["type"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn assert_properties(m: &Received) {
+    let p = &m.properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+    assert!(p.timestamp().is_some());
+    assert!(p.correlation_id().is_some());
+    assert!(
+        uuid::Uuid::parse_str(&m.message_id()).is_ok(),
+        "message_id is a UUID"
+    );
+    let headers = p.headers().as_ref().expect("headers");
+    assert!(headers.inner().contains_key("traceparent"));
+}
+
+#[tokio::test]
+async fn a_full_lifecycle_publishes_every_event_in_order() {
+    let app = spawn_app().await;
+    let tap = EventTap::start(&app).await;
+    let id = oid();
+    let order = app.new_order(&id, "Quinn", "Rosa", 1500.0).await;
+    app.pay("quinn", &order).await;
+    assert_eq!(
+        app.request_extension("rosa", &id).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.decide_extension("quinn", "approve", &id).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.deliver("rosa", &id).await.status, StatusCode::OK);
+    assert_eq!(app.approve("quinn", &id).await.status, StatusCode::OK);
+
+    let expected = [
+        "create-order",
+        "orderPlaced",
+        "orderReceipt",
+        "orderExtension",
+        "orderExtensionApproval",
+        "orderDelivered",
+        "approve-order",
+        "purchased-gigs",
+    ];
+    let all = tap
+        .wait_until(Duration::from_secs(20), |all| all.len() >= expected.len())
+        .await;
+    let kinds: Vec<String> = all.iter().map(kind).collect();
+    assert_eq!(kinds, expected, "commit order per order");
+    for m in &all {
+        assert_properties(m);
+    }
+    let by = |k: &str| all.iter().find(|m| kind(m) == k).unwrap().clone();
+
+    let created = by("create-order");
+    assert_eq!(
+        (created.exchange.as_str(), created.routing_key.as_str()),
+        ("gigconnect-seller-updates", "user-seller")
+    );
+    assert_eq!(
+        created.body,
+        serde_json::json!({ "type": "create-order", "sellerId": "seller-Rosa", "ongoingJobs": 1 })
+    );
+
+    let placed = by("orderPlaced");
+    assert_eq!(
+        (placed.exchange.as_str(), placed.routing_key.as_str()),
+        ("gigconnect-order-exchange", "order-email")
+    );
+    assert_eq!(placed.body["receiverEmail"], "Rosa@example.com");
+    assert_eq!(
+        placed.body["buyerUsername"], "quinn",
+        "usernames lower-case in e-mails"
+    );
+    assert_eq!(placed.body["sellerUsername"], "rosa");
+    assert_eq!(placed.body["amount"], 1500.0);
+    assert_eq!(placed.body["serviceFee"], 150.0);
+    assert_eq!(placed.body["total"], 1650.0);
+    assert_eq!(
+        placed.body["orderUrl"],
+        format!("http://client.test/orders/{id}/activities")
+    );
+    for field in [
+        "orderId",
+        "invoiceId",
+        "orderDue",
+        "title",
+        "description",
+        "requirements",
+    ] {
+        assert!(!placed.body[field].is_null(), "orderPlaced.{field}");
+    }
+    assert_eq!(
+        by("orderReceipt").body["receiverEmail"],
+        "Quinn@example.com"
+    );
+
+    let extension = by("orderExtension");
+    assert_eq!(extension.body["receiverEmail"], "Quinn@example.com");
+    assert_eq!(extension.body["newDate"], "2026-12-15");
+    let decision = by("orderExtensionApproval");
+    assert_eq!(decision.body["type"], "Accepted");
+    assert_eq!(decision.body["receiverEmail"], "Rosa@example.com");
+    for field in ["subject", "header", "message"] {
+        assert!(decision.body[field].is_string());
+    }
+    let delivered = by("orderDelivered");
+    assert_eq!(delivered.body["receiverEmail"], "Quinn@example.com");
+    assert_eq!(delivered.body["orderId"], id);
+
+    let approved = by("approve-order");
+    assert_eq!(approved.routing_key, "user-seller");
+    assert_eq!(
+        approved.body["totalEarnings"], 1500.0,
+        "from the stored order, not the body's 999999"
+    );
+    assert_eq!(approved.body["ongoingJobs"], -1);
+    assert_eq!(approved.body["completedJobs"], 1);
+    assert_eq!(approved.body["buyerId"], "buyer-Quinn");
+    assert!(approved.body["recentDelivery"].is_string());
+    let purchased = by("purchased-gigs");
+    assert_eq!(
+        (purchased.exchange.as_str(), purchased.routing_key.as_str()),
+        ("gigconnect-buyer-updates", "user-buyer")
+    );
+    assert_eq!(purchased.body["purchasedGigs"], "gig-1");
+
+    let ids: HashSet<String> = all.iter().map(Received::message_id).collect();
+    assert_eq!(ids.len(), all.len(), "one message_id per event");
+    let records = app.outbox_records(&id).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r.status == outbox::RecordStatus::Published)
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_message_keeps_its_message_id() {
+    let app = spawn_app().await;
+    let tap = EventTap::start_with(&app, false).await;
+    let order = app.new_order(&oid(), "sam", "tina", 100.0).await;
+    app.pay("sam", &order).await;
+    let all = tap
+        .wait_until(Duration::from_secs(20), |all| {
+            all.iter().filter(|m| m.redelivered).count() >= 3
+        })
+        .await;
+    for first in all.iter().filter(|m| !m.redelivered) {
+        let again = all
+            .iter()
+            .find(|m| m.redelivered && m.body == first.body)
+            .expect("redelivery");
+        assert_eq!(again.message_id(), first.message_id());
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_order_refunds_once_and_tells_both_sides() {
+    let app = spawn_app().await;
+    let tap = EventTap::start(&app).await;
+    let id = oid();
+    let order = app.new_order(&id, "uma", "victor", 2000.0).await;
+    app.pay("uma", &order).await;
+    let cancelled = app.cancel("victor", &id).await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert_eq!(cancelled.body["order"]["refund"]["status"], "pending");
+    assert_eq!(cancelled.body["order"]["refund"]["amount"], 1900.0);
+    let all = tap
+        .wait_until(Duration::from_secs(20), |all| {
+            all.iter().filter(|m| kind(m) == "cancel-order").count() >= 2
+        })
+        .await;
+    let seller = all
+        .iter()
+        .find(|m| kind(m) == "cancel-order" && m.routing_key == "user-seller")
+        .unwrap();
+    assert_eq!(
+        seller.body,
+        serde_json::json!({ "type": "cancel-order", "sellerId": "seller-victor" })
+    );
+    let buyer = all
+        .iter()
+        .find(|m| kind(m) == "cancel-order" && m.routing_key == "user-buyer")
+        .unwrap();
+    assert_eq!(
+        buyer.body,
+        serde_json::json!({ "type": "cancel-order", "buyerId": "buyer-uma", "purchasedGigs": "gig-1" })
+    );
+
+    let refunded = wait_for_refund(&app, &id).await;
+    assert_eq!(refunded["refund"]["status"], "completed");
+    assert!(refunded["refund"]["flutterwaveRefundId"].is_string());
+    let refunds = app.sim.sim().refunds();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].amount_refunded, 1900.0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refund_whose_response_was_lost_is_applied_once() {
+    let app = spawn_app().await;
+    let id = oid();
+    let order = app.new_order(&id, "wendy", "xavier", 1000.0).await;
+    app.pay("wendy", &order).await;
+    app.sim.sim().set_faults(flutterwave_sim::Faults {
+        refund_drop_response_next: 1,
+        ..Default::default()
+    });
+    assert_eq!(app.cancel("wendy", &id).await.status, StatusCode::OK);
+    let refunded = wait_for_refund(&app, &id).await;
+    assert_eq!(refunded["refund"]["status"], "completed");
+    assert_eq!(
+        app.sim.sim().refunds().len(),
+        1,
+        "looked up, not sent twice"
+    );
+    assert!(refunded["refund"]["attempts"].as_i64().unwrap() >= 2);
+    app.shutdown().await;
+}
+
+async fn wait_for_refund(app: &TestApp, id: &str) -> Value {
+    for _ in 0..300 {
+        let order = app.get("wendy", id).await;
+        let order = if order.status == StatusCode::OK {
+            order.body["order"].clone()
+        } else {
+            app.get("uma", id).await.body["order"].clone()
+        };
+        if order["refund"]["status"] == "completed" {
+            return order;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("refund did not complete");
+}
