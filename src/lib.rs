@@ -1,13 +1,13 @@
 //! GigConnect Order Service: orders, their payments through Flutterwave,
 //! and every event they cause, delivered through a transactional outbox.
 //!
-//! - [`config`]: environment to typed configuration;
-//! - [`app`]: wiring and graceful shutdown;
-//! - [`http`]: routes, authentication, the error boundary;
-//! - [`orders`]: the domain (model, state machine, fees, events, commands);
-//! - [`payments`]: Flutterwave client, payment checks, refunds;
-//! - [`notifications`], [`uploads`]: the smaller parts;
-//! - [`telemetry`]: logging.
+//! - [`config`] - environment to typed configuration;
+//! - [`app`] - wiring and graceful shutdown;
+//! - [`http`] - routes, authentication, the error boundary;
+//! - [`orders`] - the domain (model, state machine, fees, events, commands);
+//! - [`payments`] - Flutterwave client, payment checks, refunds;
+//! - [`notifications`], [`uploads`] - the smaller parts;
+//! - [`telemetry`] - logging.
 //!
 //! The outbox itself lives in the `outbox` crate and knows nothing of orders.
 

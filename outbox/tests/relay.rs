@@ -403,16 +403,15 @@ async fn the_inbox_admits_a_message_once() {
     let mut results = Vec::new();
     for _ in 0..3 {
         let inbox = inbox.clone();
-        let first =
-            transaction::run(&env.client, &RetryPolicy::default(), move |session| {
-                let inbox = inbox.clone();
-                async move {
+        let first = transaction::run(&env.client, &RetryPolicy::default(), move |session| {
+            let inbox = inbox.clone();
+            async move {
                     Ok::<_, TestError>(inbox.record(session, "reviews", "m-1", doc! {}).await?)
                 }
                 .boxed()
-            })
-            .await
-            .expect("commit");
+        })
+        .await
+        .expect("commit");
         results.push(first);
     }
     assert_eq!(results, vec![true, false, false]);

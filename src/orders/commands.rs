@@ -67,8 +67,14 @@ struct Change {
 /// Outcome of a decision: change the order, or leave it as it is (an
 /// idempotent repeat).
 enum Decision {
-    Change(Change),
+    Change(Box<Change>),
     Unchanged,
+}
+
+impl From<Change> for Decision {
+    fn from(change: Change) -> Self {
+        Decision::Change(Box::new(change))
+    }
 }
 
 #[derive(Clone)]
@@ -239,7 +245,7 @@ impl Orders {
                 "placed an order for your gig.",
                 now,
             );
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![note],
                 records,
@@ -274,7 +280,7 @@ impl Orders {
             emit.cancelled(refund);
             let records = emit.into_records();
             let note = Notification::to_other_party(&next, from, "cancelled the order.", now);
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![note],
                 records,
@@ -320,7 +326,7 @@ impl Orders {
                 "requested for an order delivery date extension.",
                 now,
             );
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![note],
                 records,
@@ -366,7 +372,7 @@ impl Orders {
                 "rejected your order delivery date extension request."
             };
             let note = Notification::to_other_party(&next, Party::Buyer, message, now);
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![note],
                 records,
@@ -408,7 +414,7 @@ impl Orders {
             let records = emit.into_records();
             let note =
                 Notification::to_other_party(&next, Party::Seller, "delivered your order.", now);
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![note],
                 records,
@@ -440,7 +446,7 @@ impl Orders {
                 "approved your order delivery.",
                 now,
             );
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![note],
                 records,
@@ -466,7 +472,7 @@ impl Orders {
             }
             let mut next = order.clone();
             next.refund = Some(outcome.clone());
-            Ok(Decision::Change(Change {
+            Ok(Decision::from(Change {
                 order: next,
                 notifications: vec![],
                 records: vec![],
@@ -505,7 +511,7 @@ impl Orders {
                 match decide(&current, &ctx, now)? {
                     Decision::Unchanged => Ok::<_, OrderError>((current, false)),
                     Decision::Change(change) => {
-                        let order = write(session, &repo, &outbox, &current, change, now).await?;
+                        let order = write(session, &repo, &outbox, &current, *change, now).await?;
                         Ok((order, true))
                     }
                 }

@@ -12,7 +12,7 @@ const ORDERS: usize = 200;
 async fn two_hundred_concurrent_orders_keep_every_event_in_order() {
     let app = spawn_app().await;
     let tap = EventTap::start(&app).await;
-    let run = format!("{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let orders: Vec<serde_json::Value> = futures::stream::iter(0..ORDERS)
         .map(|i| {
             let (app, run) = (&app, &run);
