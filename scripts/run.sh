@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs the Order Service locally with everything it needs: starts SecantusDB
+# and RabbitMQ when missing (scripts/deps.sh), the Flutterwave simulator on
+# 127.0.0.1:4010 unless something already answers there, then the service on
+# PORT (default 4006). The configuration defaults point at exactly these, so
+# nothing needs editing; a .env file at the repository root, if present,
+# overrides them. Ctrl-C stops the service and the simulator this script started.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+if [ -f .env ]; then
+  set -a
+  # shellcheck disable=SC1091
+  . ./.env
+  set +a
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/order-service/target}"
+SIM_ADDR=127.0.0.1:4010
+SIM_PORT=4010
+
+log() { printf 'run: %s\n' "$*" >&2; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+scripts/deps.sh
+
+log "building order-service and flutterwave-sim (release)"
+cargo build --release -p order-service -p flutterwave-sim --bins
+
+sim_pid=""
+svc_pid=""
+cleanup() {
+  if [ -n "$sim_pid" ] && kill -0 "$sim_pid" 2>/dev/null; then
+    log "stopping the Flutterwave simulator"
+    kill -TERM "$sim_pid" 2>/dev/null || true
+    wait "$sim_pid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+if port_open "$SIM_PORT"; then
+  log "something already answers on $SIM_ADDR; using it as the Flutterwave simulator"
+else
+  log "starting the Flutterwave simulator on $SIM_ADDR"
+  cargo run --release -p flutterwave-sim -- --addr "$SIM_ADDR" &
+  sim_pid=$!
+  for _ in $(seq 120); do
+    port_open "$SIM_PORT" && break
+    kill -0 "$sim_pid" 2>/dev/null || { log "the simulator exited"; exit 1; }
+    sleep 0.5
+  done
+  port_open "$SIM_PORT" || { log "the simulator did not open $SIM_ADDR"; exit 1; }
+fi
+
+# In the background so that a TERM sent to this script reaches the service
+# too; the service shuts down gracefully on INT and TERM.
+log "starting order-service"
+cargo run --release --bin order-service &
+svc_pid=$!
+trap 'kill -TERM "$svc_pid" 2>/dev/null || true' INT TERM
+status=0
+wait "$svc_pid" || status=$?
+# A trapped signal interrupts `wait`; keep waiting until the service is gone.
+while kill -0 "$svc_pid" 2>/dev/null; do
+  status=0
+  wait "$svc_pid" || status=$?
+done
+exit "$status"
