@@ -58,15 +58,15 @@ pub struct Created {
 }
 
 /// What a decision function produced: the new order and what it causes.
-struct Change {
-    order: Order,
-    notifications: Vec<Notification>,
-    records: Vec<NewRecord>,
+pub(crate) struct Change {
+    pub(crate) order: Order,
+    pub(crate) notifications: Vec<Notification>,
+    pub(crate) records: Vec<NewRecord>,
 }
 
 /// Outcome of a decision: change the order, or leave it as it is (an
 /// idempotent repeat).
-enum Decision {
+pub(crate) enum Decision {
     Change(Box<Change>),
     Unchanged,
 }
@@ -131,7 +131,7 @@ impl Orders {
         }
     }
 
-    fn committed(&self) {
+    pub(crate) fn committed(&self) {
         if let Some(waker) = &self.waker {
             waker.wake();
         }
@@ -482,7 +482,32 @@ impl Orders {
     }
 
     /// The read-decide-write transaction shared by every command.
-    async fn change<F>(&self, order_id: &str, actor: &Actor, decide: F) -> Result<Order, OrderError>
+    pub(crate) async fn change<F>(
+        &self,
+        order_id: &str,
+        actor: &Actor,
+        decide: F,
+    ) -> Result<Order, OrderError>
+    where
+        F: Fn(&Order, &EventContext, DateTime<Utc>) -> Result<Decision, OrderError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.change_guarded(order_id, actor, None, decide)
+            .await?
+            .ok_or(OrderError::NotFound)
+    }
+
+    /// Like [`Orders::change`], but first records `guard` in the inbox in the
+    /// same transaction: a message seen before changes nothing and yields `None`.
+    pub(crate) async fn change_guarded<F>(
+        &self,
+        order_id: &str,
+        actor: &Actor,
+        guard: Option<InboxGuard>,
+        decide: F,
+    ) -> Result<Option<Order>, OrderError>
     where
         F: Fn(&Order, &EventContext, DateTime<Utc>) -> Result<Decision, OrderError>
             + Send
@@ -491,28 +516,43 @@ impl Orders {
     {
         let ctx = Arc::new(self.context(actor));
         let decide = Arc::new(decide);
+        let guard = Arc::new(guard);
         let repo = self.repo.clone();
         let outbox = self.outbox.clone();
         let order_id = order_id.to_string();
         let (order, changed) = transaction::run(&self.client, &self.policy, move |session| {
-            let (repo, outbox, ctx, decide, order_id) = (
+            let (repo, outbox, ctx, decide, guard, order_id) = (
                 repo.clone(),
                 outbox.clone(),
                 ctx.clone(),
                 decide.clone(),
+                guard.clone(),
                 order_id.clone(),
             );
             async move {
+                if let Some(guard) = guard.as_ref()
+                    && !guard
+                        .inbox
+                        .record(
+                            session,
+                            guard.consumer,
+                            &guard.message_id,
+                            guard.details.clone(),
+                        )
+                        .await?
+                {
+                    return Ok::<_, OrderError>((None, false));
+                }
                 let current = repo
                     .by_order_id_in(session, &order_id)
                     .await?
                     .ok_or(OrderError::NotFound)?;
                 let now = Utc::now();
                 match decide(&current, &ctx, now)? {
-                    Decision::Unchanged => Ok::<_, OrderError>((current, false)),
+                    Decision::Unchanged => Ok((Some(current), false)),
                     Decision::Change(change) => {
                         let order = write(session, &repo, &outbox, &current, *change, now).await?;
-                        Ok((order, true))
+                        Ok((Some(order), true))
                     }
                 }
             }
@@ -524,6 +564,15 @@ impl Orders {
         }
         Ok(order)
     }
+}
+
+/// An inbox entry written in the same transaction as the change it guards.
+#[derive(Clone)]
+pub(crate) struct InboxGuard {
+    pub(crate) inbox: outbox::Inbox,
+    pub(crate) consumer: &'static str,
+    pub(crate) message_id: String,
+    pub(crate) details: bson::Document,
 }
 
 /// Writes a change on top of `current`; fails with a retryable conflict if
