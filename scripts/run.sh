@@ -25,8 +25,11 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 scripts/deps.sh
 
+# One build for both binaries, then run them directly: `cargo run -p X` per
+# package would resolve features per package and rebuild shared crates.
 log "building order-service and flutterwave-sim (release)"
 cargo build --release -p order-service -p flutterwave-sim --bins
+BIN="$CARGO_TARGET_DIR/release"
 
 sim_pid=""
 svc_pid=""
@@ -43,7 +46,7 @@ if port_open "$SIM_PORT"; then
   log "something already answers on $SIM_ADDR; using it as the Flutterwave simulator"
 else
   log "starting the Flutterwave simulator on $SIM_ADDR"
-  cargo run --release -p flutterwave-sim -- --addr "$SIM_ADDR" &
+  "$BIN/flutterwave-sim" --addr "$SIM_ADDR" &
   sim_pid=$!
   for _ in $(seq 120); do
     port_open "$SIM_PORT" && break
@@ -56,7 +59,7 @@ fi
 # In the background so that a TERM sent to this script reaches the service
 # too; the service shuts down gracefully on INT and TERM.
 log "starting order-service"
-cargo run --release --bin order-service &
+"$BIN/order-service" &
 svc_pid=$!
 trap 'kill -TERM "$svc_pid" 2>/dev/null || true' INT TERM
 status=0

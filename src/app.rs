@@ -1,16 +1,23 @@
 //! Builds the application (database, broker, relay, router) and runs it
 //! until a shutdown signal: stop accepting, finish in-flight requests, let
-//! the relay finish the round it holds, close the broker connection.
+//! the relay finish the round it holds, settle the reviews being consumed,
+//! close the broker connection.
 
 use crate::config::Config;
+use crate::consumers::queues::QueueSet;
+use crate::consumers::review::{self, ReviewConsumer, ReviewSettings};
 use crate::http::{self, AppState, auth::Auth};
 use crate::notifications::Notifications;
 use crate::orders::Orders;
 use crate::orders::events::{Exchanges, REFUND_COMMAND};
 use crate::payments::Payments;
+use crate::payments::checkout::Checkout;
 use crate::payments::flutterwave::Flutterwave;
+use crate::payments::reconcile::Reconciler;
 use crate::payments::refund::RefundHandler;
+use crate::payments::reverify::{ReverifyHandler, VERIFY_COMMAND};
 use crate::uploads::Uploads;
+use crate::webhooks::flutterwave::WebhookReceiver;
 use lapin::ExchangeKind;
 use mongodb::Client;
 use mongodb::options::ClientOptions;
@@ -40,6 +47,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     relay: Relay,
+    reviews: ReviewConsumer,
+    reconciler: Reconciler,
 }
 
 impl Application {
@@ -59,16 +68,16 @@ impl Application {
             },
         );
         outbox.ensure_schema().await?;
-        Inbox::new(&db, config.inbox_retention)
-            .ensure_schema()
-            .await?;
+        let inbox = Inbox::new(&db, config.inbox_retention);
+        inbox.ensure_schema().await?;
 
         let exchanges = Exchanges::new(&config.exchange_prefix);
+        let review_queues = review::queues(&config.exchange_prefix);
         let broker = Broker::new(BrokerConfig {
             uri: config.rabbitmq_endpoint.clone(),
             connection_name: format!("order-service {}", config.instance_id),
             connect_timeout: Duration::from_secs(5),
-            topology: topology(&exchanges),
+            topology: topology(&exchanges, &review_queues),
         });
         let relay = Relay::new(
             outbox.clone(),
@@ -96,18 +105,55 @@ impl Application {
             &config.flutterwave_api_url,
             config.flutterwave_secret_key.clone(),
             config.flutterwave_timeout,
+            &config.flutterwave_limits,
         )?;
-        let relay = relay.with_handler(
-            REFUND_COMMAND,
-            Arc::new(RefundHandler::new(flutterwave.clone(), orders.clone())),
+        let relay = relay
+            .with_handler(
+                REFUND_COMMAND,
+                Arc::new(RefundHandler::new(flutterwave.clone(), orders.clone())),
+            )
+            .with_handler(
+                VERIFY_COMMAND,
+                Arc::new(ReverifyHandler::new(flutterwave.clone(), orders.clone())),
+            );
+        let webhooks = WebhookReceiver::new(
+            client.clone(),
+            inbox.clone(),
+            outbox.clone(),
+            orders.repository().clone(),
+            Some(relay.waker()),
         );
 
+        let reviews = ReviewConsumer::new(
+            orders.clone(),
+            inbox.clone(),
+            review_queues,
+            ReviewSettings {
+                prefetch: config.review_prefetch,
+                max_retries: config.review_max_retries,
+                retry_delay: config.review_retry_delay,
+            },
+        );
+
+        let reconciler = Reconciler::new(
+            &db,
+            flutterwave.clone(),
+            orders.clone(),
+            config.reconcile.clone(),
+        );
+        reconciler.ensure_schema(&db).await?;
         let listener = TcpListener::bind(("0.0.0.0", config.port)).await?;
         let state = AppState {
             auth: Arc::new(Auth::new(&config.jwt_token, &config.gateway_jwt_token)),
             notifications: Notifications::new(orders.repository().clone()),
+            checkout: Checkout::new(
+                flutterwave.clone(),
+                orders.clone(),
+                config.client_url.clone(),
+            ),
             payments: Payments::new(flutterwave, orders.clone()),
             uploads: Uploads::new(config.cloudinary.clone()),
+            webhooks,
             config: Arc::new(config),
             db,
             orders,
@@ -118,6 +164,8 @@ impl Application {
             listener,
             state,
             relay,
+            reviews,
+            reconciler,
         })
     }
 
@@ -141,6 +189,12 @@ impl Application {
         let broker = self.state.broker.clone();
         let keeper = tokio::spawn(keep_connected(broker.clone(), cancel.clone()));
         let relay = self.relay.start(cancel.child_token());
+        let reviews = self.reviews.start(
+            broker.clone(),
+            format!("{} reviews", self.state.config.instance_id),
+            cancel.clone(),
+        );
+        let reconciler = tokio::spawn(self.reconciler.run(cancel.child_token()));
         let router = http::router(self.state);
         tracing::info!(
             port = self.listener.local_addr()?.port(),
@@ -153,26 +207,32 @@ impl Application {
         relay.shutdown().await;
         cancel.cancel();
         let _ = keeper.await;
+        let _ = reconciler.await;
+        // The consumer settles the reviews in hand (or leaves them to be
+        // redelivered) before the connection it uses goes away.
+        let _ = reviews.await;
         broker.close().await;
         served
     }
 }
 
-/// Exchanges (and later queues) the service needs; declared on every connect.
-fn topology(exchanges: &Exchanges) -> Topology {
+/// Exchanges and queues the service needs; declared on every connect.
+fn topology(exchanges: &Exchanges, reviews: &QueueSet) -> Topology {
+    let mut specs: Vec<ExchangeSpec> = [
+        &exchanges.seller_updates,
+        &exchanges.buyer_updates,
+        &exchanges.order,
+    ]
+    .into_iter()
+    .map(|name| ExchangeSpec {
+        name: name.clone(),
+        kind: ExchangeKind::Direct,
+    })
+    .collect();
+    specs.push(reviews.exchange_spec());
     Topology {
-        exchanges: [
-            &exchanges.seller_updates,
-            &exchanges.buyer_updates,
-            &exchanges.order,
-        ]
-        .into_iter()
-        .map(|name| ExchangeSpec {
-            name: name.clone(),
-            kind: ExchangeKind::Direct,
-        })
-        .collect(),
-        queues: Vec::new(),
+        exchanges: specs,
+        queues: reviews.queue_specs(),
     }
 }
 

@@ -1,11 +1,18 @@
-//! Operator commands run against the configured database:
-//! `outbox parked`, `outbox replay MESSAGE_ID`, `outbox replay-all`.
+//! Operator commands run against the configured database and broker:
+//! `outbox parked`, `outbox replay MESSAGE_ID`, `outbox replay-all`,
+//! `reviews dlq`, `reviews redrive-dlq`.
 
+use crate::consumers::{redrive, review};
 use crate::http::AppState;
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: order-service [outbox parked | outbox replay MESSAGE_ID | outbox replay-all | reviews dlq | reviews redrive-dlq]";
+
 pub async fn run(state: &AppState, args: &[String]) -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["reviews", command] = args.as_slice() {
+        return reviews(state, command).await;
+    }
     let result = match args.as_slice() {
         ["outbox", "parked"] => state.outbox.parked(1000).await.map(|records| {
             for r in records {
@@ -31,9 +38,47 @@ pub async fn run(state: &AppState, args: &[String]) -> ExitCode {
             .await
             .map(|n| println!("replayed {n} records")),
         _ => {
-            eprintln!(
-                "usage: order-service [outbox parked | outbox replay MESSAGE_ID | outbox replay-all]"
-            );
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `reviews dlq` lists the review DLQ (up to 100, nothing removed);
+/// `reviews redrive-dlq` moves all of it back to the review queue.
+async fn reviews(state: &AppState, command: &str) -> ExitCode {
+    let queues = review::queues(&state.config.exchange_prefix);
+    let result = match command {
+        "dlq" => redrive::peek(&state.broker, &queues, 100)
+            .await
+            .map(|(total, parked)| {
+                println!("{total} message(s) in {}", queues.dlq);
+                for p in parked {
+                    println!(
+                        "{}\tretries={}\t{}\t{}\t{}",
+                        p.message_id.as_deref().unwrap_or("-"),
+                        p.retries,
+                        p.dead_lettered_at.as_deref().unwrap_or("-"),
+                        p.reason.as_deref().unwrap_or("-"),
+                        p.body
+                    );
+                }
+            }),
+        "redrive-dlq" => redrive::redrive(&state.broker, &queues).await.map(|n| {
+            println!(
+                "moved {n} message(s) from {} to {}",
+                queues.dlq, queues.main
+            )
+        }),
+        _ => {
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };

@@ -5,6 +5,7 @@
 //! defaults let `scripts/run.sh` work without editing anything; production
 //! refuses them.
 
+use crate::payments::reconcile::ReconcileSettings;
 use std::fmt;
 use std::time::Duration;
 
@@ -65,6 +66,7 @@ pub struct Config {
     pub flutterwave_api_url: String,
     pub flutterwave_webhook_hash: Secret,
     pub flutterwave_timeout: Duration,
+    pub flutterwave_limits: FlutterwaveLimits,
     /// Currency of orders whose request names none.
     pub currency: String,
     pub cloudinary: Cloudinary,
@@ -76,12 +78,42 @@ pub struct Config {
     pub outbox_poll_interval: Duration,
     pub outbox_retention: Duration,
     pub inbox_retention: Duration,
+    pub reconcile: ReconcileSettings,
+    /// Reviews the consumer holds unacknowledged at once (AMQP prefetch),
+    /// which is also how many it applies concurrently. At least 1.
+    pub review_prefetch: u16,
+    /// Retries of a review that failed for a passing reason (its order does
+    /// not exist yet) before it is dead-lettered.
+    pub review_max_retries: u32,
+    /// How long a failed review waits in the retry queue before its next try.
+    pub review_retry_delay: Duration,
     pub enable_apm: bool,
     pub elastic_apm_server_url: Option<String>,
     pub elastic_apm_secret_token: Option<Secret>,
     /// Kept for compatibility with the old service's cookie sessions.
     pub secret_key_one: Secret,
     pub secret_key_two: Secret,
+}
+
+/// The guards around Flutterwave calls (see `payments::resilience`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlutterwaveLimits {
+    /// Calls in flight at once.
+    pub max_concurrency: usize,
+    /// Sustained calls per second (GCRA), and the burst allowed above it.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    /// How long a call may wait for a rate-limit slot before failing fast.
+    pub rate_max_wait: Duration,
+    /// Failure share (0..1] over the last `breaker_window` calls that opens the breaker.
+    pub breaker_failure_rate: f64,
+    pub breaker_window: usize,
+    /// Calls needed in the window before the rate is judged.
+    pub breaker_min_calls: usize,
+    /// How long the breaker stays open before letting trial calls through.
+    pub breaker_open: Duration,
+    /// Extra tries of idempotent reads (verify, refund look-ups).
+    pub read_retries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +220,21 @@ impl Config {
             flutterwave_timeout: Duration::from_millis(
                 vars.parse("FLUTTERWAVE_TIMEOUT_MS", 10_000)?,
             ),
+            flutterwave_limits: FlutterwaveLimits {
+                max_concurrency: vars.parse("FLUTTERWAVE_MAX_CONCURRENCY", 16)?,
+                rate_per_second: vars.parse("FLUTTERWAVE_RATE_PER_SEC", 20)?,
+                rate_burst: vars.parse("FLUTTERWAVE_RATE_BURST", 20)?,
+                rate_max_wait: Duration::from_millis(
+                    vars.parse("FLUTTERWAVE_RATE_MAX_WAIT_MS", 1_000)?,
+                ),
+                breaker_failure_rate: vars.parse("FLUTTERWAVE_BREAKER_FAILURE_RATE", 0.5)?,
+                breaker_window: vars.parse("FLUTTERWAVE_BREAKER_WINDOW", 20)?,
+                breaker_min_calls: vars.parse("FLUTTERWAVE_BREAKER_MIN_CALLS", 5)?,
+                breaker_open: Duration::from_millis(
+                    vars.parse("FLUTTERWAVE_BREAKER_OPEN_MS", 30_000)?,
+                ),
+                read_retries: vars.parse("FLUTTERWAVE_READ_RETRIES", 2)?,
+            },
             currency: vars.get("ORDER_CURRENCY").unwrap_or_else(|| "NGN".into()),
             cloudinary: Cloudinary {
                 cloud_name: vars.get("CLOUD_NAME"),
@@ -212,6 +259,26 @@ impl Config {
             inbox_retention: Duration::from_secs(
                 vars.parse::<u64>("INBOX_RETENTION_DAYS", 30)? * 86_400,
             ),
+            reconcile: ReconcileSettings {
+                interval: Duration::from_millis(vars.parse("RECONCILE_INTERVAL_MS", 30_000)?),
+                first_delay: Duration::from_secs(vars.parse("RECONCILE_FIRST_DELAY_SECS", 300)?),
+                growth: vars.parse("RECONCILE_GROWTH", 2.0)?,
+                max_delay: Duration::from_secs(vars.parse("RECONCILE_MAX_DELAY_SECS", 3_600)?),
+                max_age: Duration::from_secs(
+                    vars.parse::<u64>("RECONCILE_MAX_AGE_HOURS", 24)? * 3_600,
+                ),
+            },
+            review_prefetch: match vars.parse("REVIEW_PREFETCH", 20u16)? {
+                0 => {
+                    return Err(ConfigError {
+                        variable: "REVIEW_PREFETCH",
+                        reason: "must be at least 1 (0 would mean unbounded)".into(),
+                    });
+                }
+                n => n,
+            },
+            review_max_retries: vars.parse("REVIEW_MAX_RETRIES", 5)?,
+            review_retry_delay: Duration::from_millis(vars.parse("REVIEW_RETRY_DELAY_MS", 2_000)?),
             enable_apm: vars.flag("ENABLE_APM")?,
             elastic_apm_server_url: vars.optional_url("ELASTIC_APM_SERVER_URL")?,
             elastic_apm_secret_token: vars.get("ELASTIC_APM_SECRET_TOKEN").map(Secret),
@@ -348,6 +415,24 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.variable, "JWT_TOKEN");
         assert!(error.reason.contains("placeholder"));
+    }
+
+    #[test]
+    fn review_consumer_settings_have_defaults_and_bounds() {
+        let defaults = config(&[]).expect("defaults");
+        assert_eq!(defaults.review_prefetch, 20);
+        assert_eq!(defaults.review_max_retries, 5);
+        assert_eq!(defaults.review_retry_delay, Duration::from_secs(2));
+        assert_eq!(
+            config(&[("REVIEW_PREFETCH", "0")]).unwrap_err().variable,
+            "REVIEW_PREFETCH"
+        );
+        assert_eq!(
+            config(&[("REVIEW_RETRY_DELAY_MS", "soon")])
+                .unwrap_err()
+                .variable,
+            "REVIEW_RETRY_DELAY_MS"
+        );
     }
 
     #[test]

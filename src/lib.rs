@@ -6,6 +6,8 @@
 //! - [`http`] - routes, authentication, the error boundary;
 //! - [`orders`] - the domain (model, state machine, fees, events, commands);
 //! - [`payments`] - Flutterwave client, payment checks, refunds;
+//! - [`consumers`] - events from other services (reviews), applied once each;
+//! - [`webhooks`] - the Flutterwave webhook receiver;
 //! - [`notifications`], [`uploads`] - the smaller parts;
 //! - [`telemetry`] - logging.
 //!
@@ -14,9 +16,11 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod consumers;
 pub mod http;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
 pub mod telemetry;
 pub mod uploads;
+pub mod webhooks;

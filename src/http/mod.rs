@@ -11,7 +11,9 @@ use crate::config::Config;
 use crate::notifications::Notifications;
 use crate::orders::Orders;
 use crate::payments::Payments;
+use crate::payments::checkout::Checkout;
 use crate::uploads::Uploads;
+use crate::webhooks::flutterwave::WebhookReceiver;
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};
 use mongodb::Database;
@@ -28,8 +30,10 @@ pub struct AppState {
     pub db: Database,
     pub orders: Orders,
     pub payments: Payments,
+    pub checkout: Checkout,
     pub notifications: Notifications,
     pub uploads: Uploads,
+    pub webhooks: WebhookReceiver,
     pub outbox: Outbox,
     pub broker: Broker,
 }
@@ -57,7 +61,13 @@ pub fn router(state: AppState) -> Router {
         ]);
     Router::new()
         .merge(routes::health::router())
+        .merge(routes::webhooks::router())
         .nest("/api/v1/order", routes::orders::router())
+        // Express answered both spellings; the gateway may still send the slash.
+        .route(
+            "/api/v1/order/",
+            axum::routing::post(routes::orders::create),
+        )
         .merge(routes::admin::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn(error::log_internal_errors))

@@ -7,8 +7,8 @@ use super::error::OrderError;
 use super::events::{Emitter, EventContext, Exchanges};
 use super::fees;
 use super::model::{
-    DeliveredWork, ExtensionRequest, Notification, Offer, Order, OrderEvents, OrderStatus, Party,
-    Payment, Refund, RefundStatus,
+    CheckoutClaim, DeliveredWork, ExtensionRequest, Notification, Offer, Order, OrderEvents,
+    OrderStatus, Party, Payment, Refund, RefundStatus,
 };
 use super::repository::{Page, Repository};
 use super::state_machine::{self, Action};
@@ -450,6 +450,101 @@ impl Orders {
                 order: next,
                 notifications: vec![note],
                 records,
+            }))
+        })
+        .await
+    }
+
+    /// Takes the right to ask Flutterwave for the order's payment link, unless
+    /// a link exists or another caller holds an unexpired claim. The returned
+    /// order tells which: a link, our claim, or someone else's.
+    pub async fn claim_checkout(
+        &self,
+        actor: &Actor,
+        order_id: &str,
+        token: &str,
+        hold: chrono::Duration,
+    ) -> Result<Order, OrderError> {
+        let (username, token) = (actor.username.clone(), token.to_string());
+        self.change(order_id, actor, move |order, _, now| {
+            only(
+                order,
+                &username,
+                Party::Buyer,
+                "only the buyer can pay for an order",
+            )?;
+            state_machine::transition(order.status, Action::Pay, false)?;
+            let claimed = order
+                .flutterwave
+                .checkout_claim
+                .as_ref()
+                .is_some_and(|c| c.until > now);
+            if order.flutterwave.checkout_link.is_some() || claimed {
+                return Ok(Decision::Unchanged);
+            }
+            let mut next = order.clone();
+            next.flutterwave.checkout_claim = Some(CheckoutClaim {
+                token: token.clone(),
+                until: now + hold,
+            });
+            Ok(Decision::from(Change {
+                order: next,
+                notifications: vec![],
+                records: vec![],
+            }))
+        })
+        .await
+    }
+
+    /// Gives a claim back after the provider call failed, so a retry need
+    /// not wait for it to expire.
+    pub async fn release_checkout_claim(
+        &self,
+        actor: &Actor,
+        order_id: &str,
+        token: &str,
+    ) -> Result<Order, OrderError> {
+        let token = token.to_string();
+        self.change(order_id, actor, move |order, _, _| {
+            if order
+                .flutterwave
+                .checkout_claim
+                .as_ref()
+                .is_none_or(|c| c.token != token)
+            {
+                return Ok(Decision::Unchanged);
+            }
+            let mut next = order.clone();
+            next.flutterwave.checkout_claim = None;
+            Ok(Decision::from(Change {
+                order: next,
+                notifications: vec![],
+                records: vec![],
+            }))
+        })
+        .await
+    }
+
+    /// Stores the link obtained under our claim (first link wins).
+    pub async fn store_checkout_link(
+        &self,
+        actor: &Actor,
+        order_id: &str,
+        link: &str,
+    ) -> Result<Order, OrderError> {
+        let link = link.to_string();
+        self.change(order_id, actor, move |order, _, now| {
+            if order.flutterwave.checkout_link.is_some() {
+                return Ok(Decision::Unchanged);
+            }
+            let mut next = order.clone();
+            next.flutterwave.checkout_link = Some(link.clone());
+            next.flutterwave.checkout_at = Some(now);
+            next.flutterwave.checkout_claim = None;
+            Ok(Decision::from(Change {
+                order: next,
+                notifications: vec![],
+                records: vec![],
             }))
         })
         .await

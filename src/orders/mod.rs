@@ -8,6 +8,7 @@ pub mod events;
 pub mod fees;
 pub mod model;
 pub mod repository;
+pub mod reviews;
 pub mod state_machine;
 pub mod validation;
 

@@ -95,7 +95,22 @@ pub struct Payment {
     pub fee: Option<f64>,
     pub amount_paid: Option<f64>,
     pub paid_at: Option<String>,
+    /// The hosted payment link, asked for once and then reused.
     pub checkout_link: Option<String>,
+    /// When the link was created; reconciliation counts from it.
+    #[serde(default)]
+    pub checkout_at: Option<DateTime<Utc>>,
+    /// Who is asking Flutterwave for the link right now, so that concurrent
+    /// first requests make one provider call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout_claim: Option<CheckoutClaim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckoutClaim {
+    pub token: String,
+    pub until: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

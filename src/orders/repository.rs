@@ -97,6 +97,18 @@ impl Repository {
             .await?)
     }
 
+    pub async fn by_tx_ref_in(
+        &self,
+        session: &mut ClientSession,
+        tx_ref: &str,
+    ) -> Result<Option<Order>, OrderError> {
+        Ok(self
+            .orders
+            .find_one(doc! { "flutterwave.txRef": tx_ref })
+            .session(session)
+            .await?)
+    }
+
     pub async fn by_tx_ref(&self, tx_ref: &str) -> Result<Option<Order>, OrderError> {
         Ok(self
             .orders

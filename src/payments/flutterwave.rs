@@ -2,7 +2,9 @@
 //! and look refunds up. URLs are built from `FLUTTERWAVE_API_URL`, never from
 //! the key; the key travels only in the `Authorization` header.
 
-use crate::config::Secret;
+use super::resilience::Guarded;
+use crate::config::{FlutterwaveLimits, Secret};
+use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -28,6 +30,33 @@ pub struct RefundRecord {
     pub tx_id: Option<u64>,
     pub amount_refunded: f64,
     pub status: String,
+}
+
+/// The body of POST /payments (hosted checkout).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PaymentLinkRequest {
+    pub tx_ref: String,
+    pub amount: f64,
+    pub currency: String,
+    pub redirect_url: String,
+    pub customer: Customer,
+    pub customizations: Customizations,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Customer {
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Customizations {
+    pub title: String,
+}
+
+#[derive(Deserialize)]
+struct PaymentLink {
+    link: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +88,10 @@ struct Envelope<T> {
 #[derive(Clone)]
 pub struct Flutterwave {
     http: reqwest::Client,
+    guarded: Guarded,
     base_url: String,
     secret_key: Secret,
+    read_retries: usize,
 }
 
 impl Flutterwave {
@@ -68,23 +99,33 @@ impl Flutterwave {
         base_url: &str,
         secret_key: Secret,
         timeout: Duration,
+        limits: &FlutterwaveLimits,
     ) -> Result<Self, ProviderError> {
+        // The stack's timeout layer bounds each call; reqwest's own is a
+        // backstop a little later, so the layer is what fires.
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            .timeout(timeout + Duration::from_secs(1))
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ProviderError::Decode(e.to_string()))?;
         Ok(Self {
+            guarded: Guarded::new(http.clone(), limits, timeout)?,
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
             secret_key,
+            read_retries: limits.read_retries,
         })
+    }
+
+    /// Circuit breaker state, for readiness and metrics.
+    pub fn breaker_label(&self) -> &'static str {
+        self.guarded.breaker_label()
     }
 
     /// GET /transactions/{id}/verify; `None` when Flutterwave knows no such id.
     pub async fn verify(&self, transaction_id: &str) -> Result<Option<Transaction>, ProviderError> {
         let url = format!("{}/transactions/{transaction_id}/verify", self.base_url);
-        self.get_optional(self.http.get(url)).await
+        self.read_optional(|| self.http.get(&url)).await
     }
 
     /// GET /transactions/verify_by_reference?tx_ref=...
@@ -93,12 +134,12 @@ impl Flutterwave {
         tx_ref: &str,
     ) -> Result<Option<Transaction>, ProviderError> {
         let url = format!("{}/transactions/verify_by_reference", self.base_url);
-        self.get_optional(self.http.get(url).query(&[("tx_ref", tx_ref)]))
+        self.read_optional(|| self.http.get(&url).query(&[("tx_ref", tx_ref)]))
             .await
     }
 
-    /// POST /transactions/{id}/refund. Not idempotent on Flutterwave's side:
-    /// callers must look refunds up before retrying an unknown outcome.
+    /// POST /transactions/{id}/refund. Not idempotent on Flutterwave's side,
+    /// so never retried here: callers look refunds up before trying again.
     pub async fn refund(
         &self,
         transaction_id: &str,
@@ -115,6 +156,20 @@ impl Flutterwave {
             .ok_or_else(|| ProviderError::Decode("refund answer without data".into()))
     }
 
+    /// POST /payments: a hosted payment link. Asking twice yields two links
+    /// for the same `tx_ref`, so callers ask once per order.
+    pub async fn create_payment_link(
+        &self,
+        request: &PaymentLinkRequest,
+    ) -> Result<String, ProviderError> {
+        let url = format!("{}/payments", self.base_url);
+        let data: PaymentLink = self
+            .send(self.http.post(url).json(request))
+            .await?
+            .ok_or_else(|| ProviderError::Decode("payment answer without data".into()))?;
+        Ok(data.link)
+    }
+
     /// GET /refunds?tx_id=...: the refunds already applied to a transaction.
     pub async fn refunds_for(
         &self,
@@ -122,16 +177,39 @@ impl Flutterwave {
     ) -> Result<Vec<RefundRecord>, ProviderError> {
         let url = format!("{}/refunds", self.base_url);
         Ok(self
-            .send::<Vec<RefundRecord>>(self.http.get(url).query(&[("tx_id", transaction_id)]))
+            .read(|| self.http.get(&url).query(&[("tx_id", transaction_id)]))
             .await?
             .unwrap_or_default())
     }
 
-    async fn get_optional<T: for<'de> Deserialize<'de>>(
+    /// An idempotent read, retried with backoff on transient failures (but
+    /// not while the breaker is open: that would only queue more waiting).
+    async fn read<T: for<'de> Deserialize<'de>>(
         &self,
-        request: reqwest::RequestBuilder,
+        request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Option<T>, ProviderError> {
-        match self.send(request).await {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(self.read_retries);
+        (|| self.send::<T>(request()))
+            .retry(backoff)
+            .when(|e| match e {
+                ProviderError::Timeout => true,
+                ProviderError::Unavailable { reason, .. } => {
+                    !reason.contains("breaker") && !reason.contains("rate limit")
+                }
+                _ => false,
+            })
+            .await
+    }
+
+    async fn read_optional<T: for<'de> Deserialize<'de>>(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Option<T>, ProviderError> {
+        match self.read(request).await {
             // Flutterwave answers an unknown id with 400 "No transaction was found".
             Err(ProviderError::Rejected(message)) if message.contains("No transaction") => Ok(None),
             other => other,
@@ -142,37 +220,14 @@ impl Flutterwave {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<T>, ProviderError> {
-        let response = request
+        let request = request
             .bearer_auth(self.secret_key.expose())
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    ProviderError::Timeout
-                } else {
-                    ProviderError::Unavailable {
-                        reason: "connection failed".into(),
-                        retry_after: Duration::from_secs(5),
-                    }
-                }
-            })?;
-        let status = response.status();
-        if status.as_u16() == 429 || status.is_server_error() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(5);
-            return Err(ProviderError::Unavailable {
-                reason: format!("HTTP {status}"),
-                retry_after: Duration::from_secs(retry_after),
-            });
-        }
-        let body = response.bytes().await.map_err(|_| ProviderError::Timeout)?;
-        let envelope: Envelope<T> =
-            serde_json::from_slice(&body).map_err(|e| ProviderError::Decode(e.to_string()))?;
-        if !status.is_success() || envelope.status != "success" {
+            .build()
+            .map_err(|e| ProviderError::Decode(e.to_string()))?;
+        let reply = self.guarded.call(request).await?;
+        let envelope: Envelope<T> = serde_json::from_slice(&reply.body)
+            .map_err(|e| ProviderError::Decode(e.to_string()))?;
+        if !(200..300).contains(&reply.status) || envelope.status != "success" {
             return Err(ProviderError::Rejected(envelope.message));
         }
         Ok(envelope.data)

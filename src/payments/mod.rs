@@ -1,8 +1,12 @@
 //! Payments through Flutterwave: the client, the rules a transaction must
 //! meet to pay an order, and the refund command run by the outbox relay.
 
+pub mod checkout;
 pub mod flutterwave;
+pub mod reconcile;
 pub mod refund;
+pub mod resilience;
+pub mod reverify;
 pub mod verification;
 
 use crate::orders::commands::Actor;

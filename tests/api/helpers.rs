@@ -53,6 +53,8 @@ pub struct TestApp {
 pub struct Options {
     /// Broker address to use instead of the shared one (e.g. a proxy).
     pub amqp_uri: Option<String>,
+    /// Variables applied over the test defaults.
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -67,7 +69,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("order_test_{id}");
     let prefix = format!("t{}-", &id[..12]);
-    let vars: HashMap<&str, String> = HashMap::from([
+    let mut vars: HashMap<&str, String> = HashMap::from([
         ("NODE_ENV", "test".to_string()),
         ("PORT", "0".into()),
         ("DATABASE_URL", mongo_uri(&db_name)),
@@ -86,6 +88,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("CLIENT_URL", "http://client.test".into()),
         ("ADMIN_TOKEN", "test-admin".into()),
     ]);
+    vars.extend(options.extra_env);
     let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("config");
     let app = Application::build(config).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -331,6 +334,42 @@ impl TestApp {
             .expect("records")
     }
 
+    /// Test queues and exchanges carry the test's prefix; remove them so the
+    /// shared broker does not fill up run after run.
+    async fn delete_broker_objects(&self) {
+        let Ok(connection) =
+            Connection::connect(&amqp_uri(), ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        let Ok(channel) = connection.create_channel().await else {
+            return;
+        };
+        let queues = order_service::consumers::review::queues(&self.prefix);
+        for queue in [&queues.main, &queues.retry, &queues.dlq] {
+            let _ = channel
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        for exchange in [
+            "gigconnect-seller-updates",
+            "gigconnect-buyer-updates",
+            "gigconnect-order-exchange",
+            "gigconnect-review",
+        ] {
+            let _ = channel
+                .exchange_delete(
+                    self.exchange(exchange).as_str().into(),
+                    lapin::options::ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = connection.close(200, "done".into()).await;
+    }
+
     pub fn exchange(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -343,6 +382,7 @@ impl TestApp {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
         let _ = self.db.drop().await;
+        self.delete_broker_objects().await;
     }
 }
 

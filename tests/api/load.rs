@@ -10,7 +10,15 @@ const ORDERS: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_orders_keep_every_event_in_order() {
-    let app = spawn_app().await;
+    // The Flutterwave rate limit is not under test here.
+    let app = spawn_app_with(Options {
+        extra_env: vec![
+            ("FLUTTERWAVE_RATE_PER_SEC", "10000".into()),
+            ("FLUTTERWAVE_RATE_BURST", "10000".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
     let tap = EventTap::start(&app).await;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let orders: Vec<serde_json::Value> = futures::stream::iter(0..ORDERS)

@@ -3,8 +3,11 @@
 //! Flutterwave simulator in-process. Each test has its own database and its
 //! own exchange names.
 
+mod checkout;
 mod events;
 mod helpers;
 mod load;
 mod orders;
 mod outage;
+mod payments;
+mod reviews;

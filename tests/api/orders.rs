@@ -29,6 +29,19 @@ async fn create_sets_server_figures_and_refuses_duplicates() {
     assert_eq!(tx_ref.rsplit('-').next().unwrap().len(), 6);
 
     let small = app.new_order(&oid(), "alice", "bob", 500.0).await;
+    let slash = app
+        .request(
+            Method::POST,
+            "/api/v1/order/",
+            Some("alice"),
+            Some(order_body(&oid(), "alice", "bob", 5.0)),
+        )
+        .await;
+    assert_eq!(
+        slash.status,
+        StatusCode::CREATED,
+        "the trailing slash Express accepted"
+    );
     assert_eq!(small["serviceFee"], 100.0);
 
     let again = app
@@ -541,6 +554,20 @@ async fn idempotency_key_replays_or_refuses() {
     assert_eq!(replay.status, StatusCode::CREATED, "replayed, not a 409");
     assert_eq!(replay.body, first.body);
     assert_eq!(replay.headers.get("idempotent-replayed").unwrap(), "true");
+    let reordered: serde_json::Map<String, serde_json::Value> = body
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let same_in_another_order = send(serde_json::Value::Object(reordered)).await;
+    assert_eq!(
+        same_in_another_order.status,
+        StatusCode::CREATED,
+        "key order does not matter"
+    );
+    assert_eq!(same_in_another_order.body, first.body);
     let mut other = body.clone();
     other["price"] = json!(71.0);
     assert_eq!(send(other).await.status, StatusCode::UNPROCESSABLE_ENTITY);

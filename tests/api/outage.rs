@@ -12,6 +12,7 @@ async fn events_committed_during_an_outage_arrive_after_it_in_order() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let app = spawn_app_with(Options {
         amqp_uri: Some(proxy.amqp_uri()),
+        ..Options::default()
     })
     .await;
     let tap = EventTap::start(&app).await;
@@ -72,6 +73,7 @@ async fn the_service_starts_and_serves_while_the_broker_is_down() {
     proxy.cut();
     let app = spawn_app_with(Options {
         amqp_uri: Some(proxy.amqp_uri()),
+        ..Options::default()
     })
     .await;
     let tap = EventTap::start(&app).await;

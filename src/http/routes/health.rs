@@ -52,7 +52,7 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "mongo": up(mongo),
         "rabbitmq": up(rabbitmq),
         "elasticsearch": if state.config.elastic_search_url.is_some() { "configured" } else { "disabled" },
-        "flutterwave": { "breaker": "closed" },
+        "flutterwave": { "breaker": state.payments.flutterwave().breaker_label() },
         "outbox": outbox,
     });
     (status, axum::Json(body))

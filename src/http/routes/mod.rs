@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod health;
 pub mod orders;
+pub mod webhooks;
 
 use super::error::ApiError;
 use axum::http::StatusCode;

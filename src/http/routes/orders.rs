@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
             put(deliver).layer(DefaultBodyLimit::max(DELIVERY_BODY_LIMIT)),
         )
         .route("/approve-order/{order_id}", put(approve))
+        .route("/{order_id}/checkout", post(checkout))
         .route("/{order_id}", get(order))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
@@ -45,7 +46,7 @@ fn order_response(message: &str, order: Order) -> Json<Value> {
     Json(json!({ "message": message, "order": order }))
 }
 
-async fn create(
+pub async fn create(
     State(state): State<AppState>,
     User(actor): User,
     headers: HeaderMap,
@@ -64,7 +65,7 @@ async fn create(
             // Keys are per user, so one user's key never replays another's order.
             Some(IdempotencyKey {
                 key: format!("{}:{key}", actor.username.to_lowercase()),
-                request_hash: format!("{:x}", Sha256::digest(raw.to_string().as_bytes())),
+                request_hash: format!("{:x}", Sha256::digest(canonical_json(&raw).as_bytes())),
             })
         }
     };
@@ -78,6 +79,31 @@ async fn create(
         );
     }
     Ok(response)
+}
+
+/// JSON with object keys sorted at every level, so the same body in another
+/// key order hashes the same (serde_json may keep insertion order).
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
 }
 
 async fn order(
@@ -138,6 +164,16 @@ async fn verify(
         .verify(&actor, &transaction_id, &tx_ref)
         .await?;
     Ok(order_response("Payment verified successfully.", order))
+}
+
+/// The hosted payment link; asking again returns the same link.
+async fn checkout(
+    State(state): State<AppState>,
+    User(actor): User,
+    Path(order_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let link = state.checkout.link(&actor, &order_id).await?;
+    Ok(Json(json!({ "message": "Payment link", "link": link })))
 }
 
 /// The old gateway sends `orderData` and figures; they are ignored.
@@ -238,4 +274,22 @@ async fn mark_as_read(
     Ok(Json(
         json!({ "message": "Notification updated successfully.", "notification": notification }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_json;
+
+    #[test]
+    fn key_order_does_not_change_the_canonical_form() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"y":[1,{"d":2,"c":3}],"x":null}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a":{"x":null,"y":[1,{"c":3,"d":2}]},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":null,"y":[1,{"c":3,"d":2}]},"b":1}"#
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! Logging: JSON lines in production, readable lines elsewhere; `RUST_LOG`
-//! overrides the level.
+//! Telemetry: logging (JSON lines in production, readable lines elsewhere;
+//! `RUST_LOG` overrides the level) and Prometheus metrics.
+
+pub mod metrics;
 
 use crate::config::Environment;
 use tracing_subscriber::EnvFilter;

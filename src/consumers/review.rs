@@ -1,0 +1,263 @@
+//! The review consumer (API.md, "Events in"): reads `order-review-queue`,
+//! applies each review once through the inbox, and acknowledges only after
+//! the commit. A malformed message goes to the DLQ at once; one that fails
+//! for a reason that may pass (its order does not exist yet) goes through the
+//! retry queue, and to the DLQ after `max_retries`. While the database is
+//! unreachable, deliveries are held and tried again instead of burning their
+//! retries, which pauses consumption until it is back.
+
+use super::queues::QueueSet;
+use super::republish::{self, Edit, RepublishError};
+use super::review_message;
+use super::supervisor::{self, Handler, Subscription};
+use crate::orders::events::Exchanges;
+use crate::orders::reviews::ReviewOutcome;
+use crate::orders::{OrderError, Orders};
+use backon::BackoffBuilder;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use mongodb::error::ErrorKind;
+use outbox::{Broker, Inbox};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The queue names of API.md, with the deployment's prefix.
+pub fn queues(prefix: &str) -> QueueSet {
+    QueueSet::new(
+        Exchanges::new(prefix).review,
+        format!("{prefix}order-review-queue"),
+    )
+}
+
+/// Tuning, from `REVIEW_*` variables.
+#[derive(Debug, Clone)]
+pub struct ReviewSettings {
+    pub prefetch: u16,
+    pub max_retries: u32,
+    pub retry_delay: Duration,
+}
+
+#[derive(Clone)]
+pub struct ReviewConsumer {
+    orders: Orders,
+    inbox: Inbox,
+    queues: QueueSet,
+    settings: ReviewSettings,
+}
+
+/// What becomes of one delivery.
+#[derive(Debug, PartialEq)]
+enum Disposition {
+    /// Applied, or applied before: acknowledge.
+    Done,
+    /// Copy to the retry queue as retry number `attempt`, then acknowledge.
+    Retry { attempt: u32, reason: String },
+    /// Copy to the DLQ, then acknowledge.
+    DeadLetter { reason: String },
+    /// Leave unsettled; the broker redelivers it (shutdown, or channel lost).
+    Release,
+}
+
+impl ReviewConsumer {
+    pub fn new(orders: Orders, inbox: Inbox, queues: QueueSet, settings: ReviewSettings) -> Self {
+        Self {
+            orders,
+            inbox,
+            queues,
+            settings,
+        }
+    }
+
+    /// Consumes on its own task until `cancel`; await the handle on
+    /// shutdown so that the deliveries in hand are settled first.
+    pub fn start(self, broker: Broker, tag: String, cancel: CancellationToken) -> JoinHandle<()> {
+        let subscription = Subscription {
+            queues: self.queues.clone(),
+            tag,
+            prefetch: self.settings.prefetch,
+        };
+        tokio::spawn(supervisor::run(broker, subscription, self, cancel))
+    }
+
+    async fn decide(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        cancel: &CancellationToken,
+    ) -> Disposition {
+        let key = review_message::inbox_key(&delivery.properties, &delivery.data);
+        let review = match review_message::parse(&delivery.data) {
+            Ok(review) => review,
+            Err(malformed) => {
+                return Disposition::DeadLetter {
+                    reason: format!("malformed: {malformed}"),
+                };
+            }
+        };
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match self
+                .orders
+                .apply_review(&self.inbox, &key, review.clone())
+                .await
+            {
+                Ok(outcome) => {
+                    tracing::debug!(message_id = %key, order_id = %review.order_id, ?outcome, "review consumed");
+                    if outcome == ReviewOutcome::Duplicate {
+                        tracing::info!(message_id = %key, "review seen before; acknowledged without effect");
+                    }
+                    return Disposition::Done;
+                }
+                Err(e) if database_unavailable(&e) => {
+                    tracing::warn!(message_id = %key, error = %e, "database unavailable; holding the review");
+                    if !channel.status().connected() {
+                        return Disposition::Release;
+                    }
+                    let pause = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Disposition::Release,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(e) => {
+                    let reason = match e {
+                        OrderError::NotFound => format!("order {} not found", review.order_id),
+                        other => other.to_string(),
+                    };
+                    let done = republish::retry_count(&delivery.properties);
+                    return if done >= self.settings.max_retries {
+                        Disposition::DeadLetter {
+                            reason: format!("gave up after {done} retries: {reason}"),
+                        }
+                    } else {
+                        Disposition::Retry {
+                            attempt: done + 1,
+                            reason,
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        channel: &Channel,
+        delivery: Delivery,
+        disposition: Disposition,
+        cancel: &CancellationToken,
+    ) {
+        let key = review_message::inbox_key(&delivery.properties, &delivery.data);
+        let copied = match disposition {
+            Disposition::Release => return,
+            Disposition::Done => Ok(()),
+            Disposition::Retry { attempt, reason } => {
+                tracing::info!(message_id = %key, attempt, %reason, "review will be retried");
+                let edit = Edit {
+                    set: vec![
+                        (
+                            republish::RETRY_COUNT,
+                            AMQPValue::LongLongInt(attempt.into()),
+                        ),
+                        (republish::RETRY_REASON, republish::text(&reason)),
+                    ],
+                    remove: &[],
+                    expire_after: Some(self.settings.retry_delay),
+                };
+                republish::copy_to(channel, &self.queues.retry, &delivery, edit).await
+            }
+            Disposition::DeadLetter { reason } => {
+                tracing::warn!(message_id = %key, %reason, "review dead-lettered");
+                let edit = Edit {
+                    set: vec![
+                        (republish::DEAD_LETTER_REASON, republish::text(&reason)),
+                        (
+                            republish::DEAD_LETTERED_AT,
+                            republish::text(&chrono::Utc::now().to_rfc3339()),
+                        ),
+                    ],
+                    remove: &[],
+                    expire_after: None,
+                };
+                republish::copy_to(channel, &self.queues.dlq, &delivery, edit).await
+            }
+        };
+        match copied {
+            Ok(()) => {
+                // A failed ack is redelivered later; the inbox (or one more
+                // copy in the retry queue or DLQ) absorbs it.
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(message_id = %key, error = %e, "ack failed; the broker will redeliver");
+                }
+            }
+            Err(e) => self.give_back(delivery, &key, e, cancel).await,
+        }
+    }
+
+    /// The copy is not known to be safe, so the original stays ours to
+    /// keep: after a pause (a missing queue would otherwise spin), hand it
+    /// back to the queue for another try.
+    async fn give_back(
+        &self,
+        delivery: Delivery,
+        key: &str,
+        error: RepublishError,
+        cancel: &CancellationToken,
+    ) {
+        tracing::warn!(message_id = %key, error = %error, "could not copy the review; returning it to the queue");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(self.settings.retry_delay) => {}
+        }
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let _ = delivery.nack(requeue).await;
+    }
+}
+
+impl Handler for ReviewConsumer {
+    async fn handle(&self, channel: &Channel, delivery: Delivery, cancel: &CancellationToken) {
+        let disposition = self.decide(channel, &delivery, cancel).await;
+        self.settle(channel, delivery, disposition, cancel).await;
+    }
+}
+
+/// Errors that say "the database cannot be reached", as opposed to "this
+/// message cannot be applied now": they are not held against the message.
+fn database_unavailable(error: &OrderError) -> bool {
+    let driver = match error {
+        OrderError::Database(e) | OrderError::Outbox(outbox::Error::Mongo(e)) => e,
+        _ => return false,
+    };
+    matches!(
+        driver.kind.as_ref(),
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_database_is_held_rather_than_retried() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let unreachable = OrderError::Database(mongodb::error::Error::from(io));
+        assert!(database_unavailable(&unreachable));
+        assert!(!database_unavailable(&OrderError::NotFound));
+        assert!(!database_unavailable(&OrderError::VersionConflict));
+        assert!(!database_unavailable(&OrderError::Decode("bad".into())));
+    }
+}

@@ -1,0 +1,225 @@
+//! Reconciliation: webhooks get lost. Orders still awaiting payment after a
+//! checkout are checked with `verify_by_reference` on a backoff schedule; a
+//! successful, matching transaction drives the same transition as PUT
+//! verify (idempotent, so whichever path comes first wins and the others
+//! change nothing). One instance checks an order at a time: the schedule in
+//! `payment_checks` is advanced atomically by whoever takes the check.
+
+use super::flutterwave::{Flutterwave, ProviderError};
+use super::verification;
+use crate::orders::commands::Actor;
+use crate::orders::model::Order;
+use crate::orders::{OrderError, Orders};
+use bson::{Document, doc};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+use outbox::transaction::is_duplicate_key;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The sweep's schedule.
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    /// How often the sweep looks for due orders.
+    pub interval: Duration,
+    /// The first check comes this long after the checkout link was made.
+    pub first_delay: Duration,
+    /// Each later check waits `growth` times longer than the one before.
+    pub growth: f64,
+    /// Longest wait between two checks.
+    pub max_delay: Duration,
+    /// Orders whose checkout is older than this are no longer checked.
+    pub max_age: Duration,
+}
+
+/// What one sweep did, for tests and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    pub checked: u64,
+    pub paid: u64,
+}
+
+#[derive(Clone)]
+pub struct Reconciler {
+    flutterwave: Flutterwave,
+    orders: Orders,
+    checks: Collection<Document>,
+    settings: ReconcileSettings,
+}
+
+impl Reconciler {
+    pub fn new(
+        db: &Database,
+        flutterwave: Flutterwave,
+        orders: Orders,
+        settings: ReconcileSettings,
+    ) -> Self {
+        Self {
+            flutterwave,
+            orders,
+            checks: db.collection("payment_checks"),
+            settings,
+        }
+    }
+
+    pub async fn ensure_schema(&self, db: &Database) -> Result<(), OrderError> {
+        outbox::store::create_collection(db, "payment_checks").await?;
+        Ok(())
+    }
+
+    /// Runs sweeps until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "payment reconciliation sweep failed");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(self.settings.interval) => {}
+            }
+        }
+    }
+
+    /// One pass over the orders due for a check.
+    pub async fn sweep(&self) -> Result<SweepOutcome, OrderError> {
+        let now = chrono::Utc::now();
+        let newest =
+            now - chrono::Duration::from_std(self.settings.first_delay).unwrap_or_default();
+        let oldest = now - chrono::Duration::from_std(self.settings.max_age).unwrap_or_default();
+        // Newest first (`_id` is a UUIDv7), so abandoned old checkouts never
+        // crowd out recent ones; the age window is applied here rather than
+        // in the query because dates are stored as text.
+        let candidates: Vec<Order> = self
+            .orders
+            .repository()
+            .orders
+            .find(
+                doc! { "status": "AWAITING_PAYMENT", "flutterwave.checkoutLink": { "$ne": null } },
+            )
+            .sort(doc! { "_id": -1 })
+            .limit(500)
+            .await?
+            .try_collect()
+            .await?;
+        let due = candidates.into_iter().filter(|o| {
+            o.flutterwave
+                .checkout_at
+                .is_some_and(|at| at <= newest && at >= oldest)
+        });
+        let mut outcome = SweepOutcome::default();
+        for order in due {
+            if !self.take_check(&order).await? {
+                continue;
+            }
+            outcome.checked += 1;
+            match self.check(&order).await {
+                Ok(true) => outcome.paid += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(order_id = %order.order_id, error = %e, "reconciliation check failed")
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Advances the order's schedule if a check is due; true when this
+    /// instance took it. The first sighting creates the schedule.
+    async fn take_check(&self, order: &Order) -> Result<bool, OrderError> {
+        let now = bson::DateTime::now();
+        let taken = self
+            .checks
+            .find_one_and_update(
+                doc! { "_id": &order.order_id, "nextCheckAt": { "$lte": now } },
+                doc! { "$inc": { "attempts": 1 }, "$set": { "lastCheckAt": now } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        let schedule = match taken {
+            Ok(Some(schedule)) => schedule,
+            Ok(None) => return Ok(false),
+            Err(e) if is_duplicate_key(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let attempts = schedule
+            .get_i32("attempts")
+            .map(i64::from)
+            .or_else(|_| schedule.get_i64("attempts"))
+            .unwrap_or(1);
+        let next = bson::DateTime::from_millis(
+            now.timestamp_millis() + next_delay(&self.settings, attempts).as_millis() as i64,
+        );
+        self.checks
+            .update_one(
+                doc! { "_id": &order.order_id },
+                doc! { "$set": { "nextCheckAt": next } },
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Asks Flutterwave; true when the order got paid by this check.
+    async fn check(&self, order: &Order) -> Result<bool, OrderError> {
+        let transaction = match self
+            .flutterwave
+            .verify_by_reference(&order.flutterwave.tx_ref)
+            .await
+        {
+            Ok(Some(transaction)) => transaction,
+            Ok(None) => return Ok(false),
+            Err(ProviderError::Unavailable { .. }) => return Ok(false),
+            Err(e) => return Err(OrderError::Provider(e.to_string())),
+        };
+        let Ok(payment) = verification::check(order, &transaction) else {
+            return Ok(false);
+        };
+        let actor = Actor {
+            username: order.buyer_username.clone(),
+            correlation_id: Some(format!("reconcile-{}", order.order_id)),
+            traceparent: String::new(),
+        };
+        match self
+            .orders
+            .record_payment(&actor, &order.order_id, payment)
+            .await
+        {
+            Ok(paid) => Ok(paid.flutterwave.transaction_id.as_deref()
+                == Some(transaction.id.to_string().as_str())),
+            Err(OrderError::Refused(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Wait after the `attempts`-th check: the first delay grown `growth`-fold
+/// per check, capped.
+fn next_delay(settings: &ReconcileSettings, attempts: i64) -> Duration {
+    let base = settings
+        .first_delay
+        .max(Duration::from_millis(100))
+        .as_secs_f64();
+    let factor = settings.growth.max(1.0).powi(attempts.clamp(0, 30) as i32);
+    Duration::from_secs_f64((base * factor).min(settings.max_delay.as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_grow_sparser_up_to_the_cap() {
+        let settings = ReconcileSettings {
+            interval: Duration::from_secs(30),
+            first_delay: Duration::from_secs(300),
+            growth: 2.0,
+            max_delay: Duration::from_secs(3600),
+            max_age: Duration::from_secs(86_400),
+        };
+        let delays: Vec<u64> = (1..=5)
+            .map(|n| next_delay(&settings, n).as_secs())
+            .collect();
+        assert_eq!(delays, vec![600, 1200, 2400, 3600, 3600]);
+    }
+}

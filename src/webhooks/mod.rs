@@ -1,0 +1,3 @@
+//! Inbound webhooks from payment providers.
+
+pub mod flutterwave;

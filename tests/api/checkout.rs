@@ -1,0 +1,193 @@
+//! Hosted checkout (one provider call per order) and the reconciliation
+//! sweep that catches lost webhooks.
+
+use crate::helpers::*;
+use flutterwave_sim::{PayOptions, SignMode, WebhookOptions};
+use reqwest::{Method, StatusCode};
+use std::time::Duration;
+
+fn oid() -> String {
+    format!("chk-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+fn sweeping() -> Options {
+    Options {
+        extra_env: vec![
+            ("RECONCILE_INTERVAL_MS", "200".into()),
+            ("RECONCILE_FIRST_DELAY_SECS", "0".into()),
+        ],
+        ..Options::default()
+    }
+}
+
+async fn checkout(app: &TestApp, user: &str, order_id: &str) -> Reply {
+    app.request(
+        Method::POST,
+        &format!("/api/v1/order/{order_id}/checkout"),
+        Some(user),
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn checkout_asks_flutterwave_once_however_often_it_is_asked() {
+    let app = spawn_app().await;
+    let id = oid();
+    let order = app.new_order(&id, "kim", "lee", 1000.0).await;
+    let replies = futures::future::join_all((0..5).map(|_| checkout(&app, "kim", &id))).await;
+    let links: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.body["link"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let again = checkout(&app, "kim", &id).await;
+    assert_eq!(again.body["link"], links[0].as_str());
+    assert!(
+        links.iter().all(|l| *l == links[0]),
+        "the same link for everyone"
+    );
+    let sim = app.sim.sim();
+    assert_eq!(sim.calls().payments, 1, "one provider call");
+    let sent = &sim.payment_links()[0];
+    assert_eq!(sent.tx_ref, order["flutterwave"]["txRef"].as_str().unwrap());
+    assert_eq!(sent.amount, 1100.0, "price plus fee, from the stored order");
+    assert!(sent.redirect_url.starts_with("http://client.test/"));
+    assert_eq!(
+        checkout(&app, "lee", &id).await.status,
+        StatusCode::FORBIDDEN,
+        "the seller does not pay"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn checkout_is_refused_for_paid_and_cancelled_orders() {
+    let app = spawn_app().await;
+    let paid = app.new_order(&oid(), "max", "ned", 100.0).await;
+    app.pay("max", &paid).await;
+    let reply = checkout(&app, "max", paid["orderId"].as_str().unwrap()).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("PROCESSING")
+    );
+    let cancelled = app.new_order(&oid(), "max", "ned", 100.0).await;
+    app.cancel("max", cancelled["orderId"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        checkout(&app, "max", cancelled["orderId"].as_str().unwrap())
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(app.sim.sim().calls().payments, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sweep_pays_an_order_whose_webhook_was_lost() {
+    let app = spawn_app_with(sweeping()).await;
+    let tap = EventTap::start(&app).await;
+    let id = oid();
+    let order = app.new_order(&id, "oli", "pat", 300.0).await;
+    assert_eq!(checkout(&app, "oli", &id).await.status, StatusCode::OK);
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    app.sim
+        .sim()
+        .pay_link(
+            tx_ref,
+            PayOptions {
+                lose_webhook: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("paid");
+    tap.wait_until(Duration::from_secs(30), |_| {
+        tap.for_order(&order).len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kinds: Vec<String> = tap
+        .for_order(&order)
+        .iter()
+        .map(|m| {
+            m.body["template"]
+                .as_str()
+                .or(m.body["type"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["create-order", "orderPlaced", "orderReceipt"],
+        "every paid event, once"
+    );
+    let stored = app.get("oli", &id).await.body["order"].clone();
+    assert_eq!(stored["status"], "PROCESSING");
+    assert!(app.sim.sim().calls().verify_by_reference >= 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn webhook_verify_route_and_sweep_racing_make_one_transition() {
+    let app = spawn_app_with(sweeping()).await;
+    let tap = EventTap::start(&app).await;
+    let id = oid();
+    let order = app.new_order(&id, "quin", "ray", 500.0).await;
+    checkout(&app, "quin", &id).await;
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap().to_string();
+    let sim = app.sim.sim();
+    sim.set_webhook_target(
+        format!("{}/webhooks/flutterwave", app.address),
+        WEBHOOK_HASH,
+    );
+    let transaction = sim
+        .pay_link(
+            &tx_ref,
+            PayOptions {
+                lose_webhook: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("paid");
+    let (webhooks, verify) = tokio::join!(
+        sim.send_webhook(
+            transaction.id,
+            WebhookOptions {
+                times: 3,
+                concurrent: true,
+                sign: SignMode::VerifHash
+            }
+        ),
+        app.verify("quin", transaction.id, &tx_ref),
+    );
+    assert_eq!(webhooks.expect("webhooks"), 200);
+    assert_eq!(verify.status, StatusCode::OK);
+    tap.wait_until(Duration::from_secs(30), |_| {
+        tap.for_order(&order).len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tap.for_order(&order).len(), 3, "one set of events");
+    let notes = app.notifications("ray", "ray").await;
+    assert_eq!(
+        notes.body["notifications"].as_array().unwrap().len(),
+        1,
+        "one notification"
+    );
+    let records = app.outbox_records(&id).await;
+    let paid_events = records
+        .iter()
+        .filter(|r| r.payload.contains("create-order"))
+        .count();
+    assert_eq!(paid_events, 1, "one transition staged");
+    app.shutdown().await;
+}
