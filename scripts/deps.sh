@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Starts the local dependencies of the Order Service that are missing and
 # reuses those already running: a MongoDB-wire server (SecantusDB, standing in
-# for MongoDB where no mongod can be installed) and RabbitMQ. Idempotent: run
+# for MongoDB where no mongod can be installed), RabbitMQ and Redis (plus
+# Node.js for the Socket.IO test client). Idempotent: run
 # it as often as you like. Installs what is missing from the package
 # registries (pip, apt), so a fresh machine needs nothing done by hand.
+#
+#   scripts/deps.sh                              MongoDB-wire server, RabbitMQ, Redis
+#   scripts/deps.sh prometheus docker-compose    the same, then these tools too
+#
+# The optional names only install tools (Debian's prometheus/promtool and
+# docker-compose, used by the observability tests); they start nothing.
 set -euo pipefail
 
 MONGO_PORT="${MONGO_PORT:-27017}"
 RABBITMQ_PORT="${RABBITMQ_PORT:-5672}"
+REDIS_PORT="${REDIS_PORT:-6379}"
 DATA_DIR="${ORDER_DATA_DIR:-/var/tmp/gigconnect-order}"
 SECANTUS_VERSION="0.7.0b3"
 
@@ -31,7 +39,9 @@ apt_install() {
     apt-get update -qq
     mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/order-service-updated
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # Stale lists on a reused machine: refresh once and try again.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
 }
 
 ensure_rabbitmq() {
@@ -67,7 +77,94 @@ ensure_mongo() {
   wait_port "$MONGO_PORT" SecantusDB 120
 }
 
+# Debian's prometheus (with promtool), only when it is not on PATH. Installing
+# the package would normally start its own daemon on :9090; a temporary
+# policy-rc.d forbids that, and is removed only if this script created it. A
+# prometheus daemon that runs anyway (started by the package or by anyone
+# else) is left alone: tests start their own on a free port.
+ensure_prometheus() {
+  if command -v prometheus >/dev/null 2>&1; then
+    log "prometheus already installed ($(command -v prometheus))"
+    return
+  fi
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# written by order-service scripts/deps.sh during apt-get install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created=1
+  fi
+  log "installing prometheus"
+  local status=0
+  apt_install prometheus || status=$?
+  if [ "$created" = 1 ]; then
+    rm -f "$policy"
+  fi
+  hash -r
+  return "$status"
+}
+
+# Debian's docker-compose (1.29), used to validate docker-compose.yaml; the
+# `config` command needs no Docker engine.
+ensure_docker_compose() {
+  if command -v docker-compose >/dev/null 2>&1; then
+    log "docker-compose already installed ($(command -v docker-compose))"
+    return
+  fi
+  log "installing docker-compose"
+  apt_install docker-compose
+  hash -r
+}
+
+# Redis carries Socket.IO emits between instances (REDIS_URL); the tests
+# with two instances use it. Nothing is persisted: it only relays pub/sub.
+ensure_redis() {
+  if port_open "$REDIS_PORT"; then
+    log "Redis already listening on $REDIS_PORT"
+    return
+  fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing redis-server"
+    apt_install redis-server
+    # The package may have started its own daemon on the default port.
+    if port_open "$REDIS_PORT"; then
+      return
+    fi
+  fi
+  log "starting Redis on $REDIS_PORT"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no >/dev/null
+  wait_port "$REDIS_PORT" Redis 60
+}
+
+# The realtime tests drive the reference Socket.IO client on Node.js.
+ensure_node() {
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    return
+  fi
+  log "installing nodejs and npm"
+  apt_install nodejs npm
+}
+
+# Check the optional names before starting anything.
+for extra in "$@"; do
+  case "$extra" in
+    prometheus | docker-compose) ;;
+    *)
+      log "unknown argument: $extra (expected: prometheus, docker-compose)"
+      exit 2
+      ;;
+  esac
+done
+
 mkdir -p "$DATA_DIR"
 ensure_rabbitmq
 ensure_mongo
-log "ready: mongodb://127.0.0.1:$MONGO_PORT amqp://127.0.0.1:$RABBITMQ_PORT"
+ensure_redis
+ensure_node
+log "ready: mongodb://127.0.0.1:$MONGO_PORT amqp://127.0.0.1:$RABBITMQ_PORT redis://127.0.0.1:$REDIS_PORT"
+
+for extra in "$@"; do
+  case "$extra" in
+    prometheus) ensure_prometheus ;;
+    docker-compose) ensure_docker_compose ;;
+  esac
+done

@@ -8,5 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/order-service/target}"
 
-scripts/deps.sh
+# Prometheus and docker-compose serve the observability tests (a real
+# scrape; validating the compose file without an engine).
+scripts/deps.sh prometheus docker-compose
+# The realtime tests drive the reference Socket.IO client (socket.io-client,
+# pinned by tests/socket/package-lock.json).
+if [ ! -d tests/socket/node_modules ]; then
+  npm ci --prefix tests/socket --no-audit --no-fund
+fi
 cargo test --workspace "$@"

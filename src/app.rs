@@ -16,11 +16,14 @@ use crate::payments::flutterwave::Flutterwave;
 use crate::payments::reconcile::Reconciler;
 use crate::payments::refund::RefundHandler;
 use crate::payments::reverify::{ReverifyHandler, VERIFY_COMMAND};
+use crate::realtime::Realtime;
+use crate::telemetry::metrics::Metrics;
 use crate::uploads::Uploads;
 use crate::webhooks::flutterwave::WebhookReceiver;
 use lapin::ExchangeKind;
 use mongodb::Client;
 use mongodb::options::ClientOptions;
+use outbox::Destination;
 use outbox::store::OutboxConfig;
 use outbox::{Broker, BrokerConfig, ExchangeSpec, Inbox, Outbox, Relay, RelayConfig, Topology};
 use std::future::Future;
@@ -41,6 +44,8 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
     #[error("payment client: {0}")]
     Payments(#[from] crate::payments::flutterwave::ProviderError),
+    #[error("realtime: {0}")]
+    Realtime(#[from] crate::realtime::RealtimeError),
 }
 
 pub struct Application {
@@ -54,6 +59,15 @@ pub struct Application {
 impl Application {
     /// Connects and prepares everything; binds `config.port` (0 = any free port).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with_metrics(config, Metrics::new()).await
+    }
+
+    /// As [`Application::build`], with a registry made earlier (the log
+    /// shipper counts its drops in it before the application exists).
+    pub async fn build_with_metrics(
+        config: Config,
+        metrics: Metrics,
+    ) -> Result<Self, StartupError> {
         let mut options = ClientOptions::parse(&config.database_url).await?;
         options.app_name = Some("order-service".into());
         options.server_selection_timeout = Some(Duration::from_secs(10));
@@ -73,12 +87,7 @@ impl Application {
 
         let exchanges = Exchanges::new(&config.exchange_prefix);
         let review_queues = review::queues(&config.exchange_prefix);
-        let broker = Broker::new(BrokerConfig {
-            uri: config.rabbitmq_endpoint.clone(),
-            connection_name: format!("order-service {}", config.instance_id),
-            connect_timeout: Duration::from_secs(5),
-            topology: topology(&exchanges, &review_queues),
-        });
+        let broker = broker(&config, &exchanges, &review_queues);
         let relay = Relay::new(
             outbox.clone(),
             RelayConfig {
@@ -86,10 +95,14 @@ impl Application {
                 max_attempts: config.outbox_max_attempts,
                 lease: config.outbox_lease,
                 poll_interval: config.outbox_poll_interval,
+                scan_limit: config.outbox_scan_limit,
+                concurrency: config.outbox_concurrency,
+                per_aggregate: config.outbox_per_aggregate,
                 ..RelayConfig::default()
             },
         )
-        .with_broker(broker.clone());
+        .with_broker(broker.clone())
+        .with_observer(Arc::new(metrics.clone()));
 
         let orders = Orders::new(
             client.clone(),
@@ -106,7 +119,16 @@ impl Application {
             config.flutterwave_secret_key.clone(),
             config.flutterwave_timeout,
             &config.flutterwave_limits,
-        )?;
+        )?
+        .with_metrics(metrics.clone());
+        let auth = Arc::new(Auth::new(&config.jwt_token, &config.gateway_jwt_token));
+        // Redis channels carry the deployment's prefix, like its exchanges.
+        let realtime = Realtime::start(
+            auth.clone(),
+            config.redis_url.as_ref(),
+            &config.exchange_prefix,
+        )
+        .await?;
         let relay = relay
             .with_handler(
                 REFUND_COMMAND,
@@ -115,7 +137,8 @@ impl Application {
             .with_handler(
                 VERIFY_COMMAND,
                 Arc::new(ReverifyHandler::new(flutterwave.clone(), orders.clone())),
-            );
+            )
+            .with_handler(Destination::SOCKET_HANDLER, Arc::new(realtime.emitter()));
         let webhooks = WebhookReceiver::new(
             client.clone(),
             inbox.clone(),
@@ -133,19 +156,26 @@ impl Application {
                 max_retries: config.review_max_retries,
                 retry_delay: config.review_retry_delay,
             },
-        );
+        )
+        .with_metrics(metrics.clone());
 
         let reconciler = Reconciler::new(
             &db,
             flutterwave.clone(),
             orders.clone(),
             config.reconcile.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         reconciler.ensure_schema(&db).await?;
         let listener = TcpListener::bind(("0.0.0.0", config.port)).await?;
         let state = AppState {
-            auth: Arc::new(Auth::new(&config.jwt_token, &config.gateway_jwt_token)),
-            notifications: Notifications::new(orders.repository().clone()),
+            auth,
+            notifications: Notifications::new(
+                client.clone(),
+                orders.repository().clone(),
+                outbox.clone(),
+                Some(relay.waker()),
+            ),
             checkout: Checkout::new(
                 flutterwave.clone(),
                 orders.clone(),
@@ -159,6 +189,8 @@ impl Application {
             orders,
             outbox,
             broker,
+            metrics,
+            realtime,
         };
         Ok(Self {
             listener,
@@ -195,13 +227,21 @@ impl Application {
             cancel.clone(),
         );
         let reconciler = tokio::spawn(self.reconciler.run(cancel.child_token()));
+        let realtime = self.state.realtime.clone();
         let router = http::router(self.state);
         tracing::info!(
             port = self.listener.local_addr()?.port(),
             "order service listening"
         );
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+        // The peer address feeds the per-IP rate limit (http::rate_limit).
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Open sockets (and their pending long polls) would hold the
+                // drain up; closed, their clients reconnect to another instance.
+                realtime.close().await;
+            })
             .await;
         tracing::info!("HTTP stopped; finishing the relay round in progress");
         relay.shutdown().await;
@@ -217,6 +257,16 @@ impl Application {
 }
 
 /// Exchanges and queues the service needs; declared on every connect.
+/// The supervised broker connection with the service's whole topology.
+pub(crate) fn broker(config: &Config, exchanges: &Exchanges, reviews: &QueueSet) -> Broker {
+    Broker::new(BrokerConfig {
+        uri: config.rabbitmq_endpoint.clone(),
+        connection_name: format!("order-service {}", config.instance_id),
+        connect_timeout: Duration::from_secs(5),
+        topology: topology(exchanges, reviews),
+    })
+}
+
 fn topology(exchanges: &Exchanges, reviews: &QueueSet) -> Topology {
     let mut specs: Vec<ExchangeSpec> = [
         &exchanges.seller_updates,

@@ -2,13 +2,46 @@
 //! `outbox parked`, `outbox replay MESSAGE_ID`, `outbox replay-all`,
 //! `reviews dlq`, `reviews redrive-dlq`.
 
+use crate::config::Config;
 use crate::consumers::{redrive, review};
 use crate::http::AppState;
+use crate::orders::events::Exchanges;
+use outbox::{Broker, Outbox};
 use std::process::ExitCode;
+
+/// What the commands need: the outbox and the broker, without the HTTP
+/// listener, so they run beside a live service on the same host.
+pub struct Tools {
+    pub outbox: Outbox,
+    pub broker: Broker,
+    pub exchange_prefix: String,
+}
+
+impl Tools {
+    pub async fn connect(config: &Config) -> Result<Self, mongodb::error::Error> {
+        let client = mongodb::Client::with_uri_str(&config.database_url).await?;
+        let db = client.database(&config.database_name);
+        let exchanges = Exchanges::new(&config.exchange_prefix);
+        let queues = review::queues(&config.exchange_prefix);
+        Ok(Self {
+            outbox: Outbox::new(&db),
+            broker: crate::app::broker(config, &exchanges, &queues),
+            exchange_prefix: config.exchange_prefix.clone(),
+        })
+    }
+
+    pub fn from_state(state: &AppState) -> Self {
+        Self {
+            outbox: state.outbox.clone(),
+            broker: state.broker.clone(),
+            exchange_prefix: state.config.exchange_prefix.clone(),
+        }
+    }
+}
 
 const USAGE: &str = "usage: order-service [outbox parked | outbox replay MESSAGE_ID | outbox replay-all | reviews dlq | reviews redrive-dlq]";
 
-pub async fn run(state: &AppState, args: &[String]) -> ExitCode {
+pub async fn run(state: &Tools, args: &[String]) -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     if let ["reviews", command] = args.as_slice() {
         return reviews(state, command).await;
@@ -53,8 +86,8 @@ pub async fn run(state: &AppState, args: &[String]) -> ExitCode {
 
 /// `reviews dlq` lists the review DLQ (up to 100, nothing removed);
 /// `reviews redrive-dlq` moves all of it back to the review queue.
-async fn reviews(state: &AppState, command: &str) -> ExitCode {
-    let queues = review::queues(&state.config.exchange_prefix);
+async fn reviews(state: &Tools, command: &str) -> ExitCode {
+    let queues = review::queues(&state.exchange_prefix);
     let result = match command {
         "dlq" => redrive::peek(&state.broker, &queues, 100)
             .await

@@ -61,6 +61,11 @@ pub struct Config {
     /// Prepended to every exchange name; lets several environments (or test
     /// runs) share one broker without seeing each other's events.
     pub exchange_prefix: String,
+    /// Redis for the Socket.IO adapter (`REDIS_URL`, `redis://`): set it when
+    /// several instances run, so an emit on one reaches sockets on the
+    /// others. Unset: a single instance with the in-memory adapter. A secret
+    /// because the URL may carry a password.
+    pub redis_url: Option<Secret>,
     pub elastic_search_url: Option<String>,
     pub flutterwave_secret_key: Secret,
     pub flutterwave_api_url: String,
@@ -76,6 +81,15 @@ pub struct Config {
     pub outbox_max_attempts: i32,
     pub outbox_lease: Duration,
     pub outbox_poll_interval: Duration,
+    /// Due records one relay round looks at; the aggregates a round starts
+    /// are those found among them. At least 1.
+    pub outbox_scan_limit: i64,
+    /// Aggregates one instance delivers at once, which is also its window
+    /// of unconfirmed publishes. At least 1.
+    pub outbox_concurrency: usize,
+    /// Records of one aggregate delivered under one lease before it is
+    /// released to whoever scans next. At least 1.
+    pub outbox_per_aggregate: i64,
     pub outbox_retention: Duration,
     pub inbox_retention: Duration,
     pub reconcile: ReconcileSettings,
@@ -93,6 +107,26 @@ pub struct Config {
     /// Kept for compatibility with the old service's cookie sessions.
     pub secret_key_one: Secret,
     pub secret_key_two: Secret,
+    /// Request rate limits per user and per client IP (`http::rate_limit`).
+    pub rate_limits: RateLimitSettings,
+    /// How long one request may take before it is answered 503 with the
+    /// JSON error (`REQUEST_TIMEOUT_MS`); Socket.IO is not subject to it.
+    pub request_timeout: Duration,
+}
+
+/// The limits of `http::rate_limit`: GCRA quotas that allow a full minute's
+/// worth as a burst, then refill evenly. 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// Requests per minute per user (the user token's `username`) on `/api/v1/order/**`.
+    pub per_user_per_min: u32,
+    /// Requests per minute per client IP on unauthenticated paths (webhooks,
+    /// health, metrics, admin, docs) and on failed authentications.
+    pub per_ip_per_min: u32,
+    /// Peers whose `X-Forwarded-For` is believed (a load balancer in front of
+    /// the service). Empty: the TCP peer address is the client, whatever the
+    /// headers say.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The guards around Flutterwave calls (see `payments::resilience`).
@@ -203,6 +237,10 @@ impl Config {
                 &["amqp://", "amqps://"],
             )?,
             exchange_prefix: vars.get("AMQP_EXCHANGE_PREFIX").unwrap_or_default(),
+            redis_url: match vars.get("REDIS_URL") {
+                None => None,
+                Some(_) => Some(Secret(vars.url("REDIS_URL", "", &["redis://"])?)),
+            },
             elastic_search_url: vars.optional_url("ELASTIC_SEARCH_URL")?,
             flutterwave_secret_key: secret(
                 "FLUTTERWAVE_SECRET_KEY",
@@ -253,6 +291,9 @@ impl Config {
             outbox_max_attempts: vars.parse("OUTBOX_MAX_ATTEMPTS", 10)?,
             outbox_lease: Duration::from_secs(vars.parse("OUTBOX_LEASE_SECS", 30)?),
             outbox_poll_interval: Duration::from_millis(vars.parse("OUTBOX_POLL_MS", 500)?),
+            outbox_scan_limit: vars.count("OUTBOX_SCAN_LIMIT", 500)?,
+            outbox_concurrency: vars.count("OUTBOX_CONCURRENCY", 32)?,
+            outbox_per_aggregate: vars.count("OUTBOX_PER_AGGREGATE", 100)?,
             outbox_retention: Duration::from_secs(
                 vars.parse::<u64>("OUTBOX_RETENTION_DAYS", 7)? * 86_400,
             ),
@@ -284,6 +325,20 @@ impl Config {
             elastic_apm_secret_token: vars.get("ELASTIC_APM_SECRET_TOKEN").map(Secret),
             secret_key_one: secret("SECRET_KEY_ONE", "local-secret-one")?,
             secret_key_two: secret("SECRET_KEY_TWO", "local-secret-two")?,
+            rate_limits: RateLimitSettings {
+                per_user_per_min: vars.parse("RATE_LIMIT_PER_USER_PER_MIN", 600)?,
+                per_ip_per_min: vars.parse("RATE_LIMIT_PER_IP_PER_MIN", 1200)?,
+                trusted_proxies: vars.ip_list("TRUSTED_PROXIES")?,
+            },
+            request_timeout: match vars.parse("REQUEST_TIMEOUT_MS", 30_000u64)? {
+                0 => {
+                    return Err(ConfigError {
+                        variable: "REQUEST_TIMEOUT_MS",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                ms => Duration::from_millis(ms),
+            },
         })
     }
 }
@@ -314,6 +369,22 @@ impl Vars<'_> {
         }
     }
 
+    /// A count of at least 1 (0 would stall the relay).
+    fn count<T: std::str::FromStr + PartialOrd + From<u8>>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let value = self.parse(name, default)?;
+        if value < T::from(1) {
+            return Err(ConfigError {
+                variable: name,
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(value)
+    }
+
     fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
         match self.get(name).as_deref() {
             None | Some("0") | Some("false") => Ok(false),
@@ -340,6 +411,23 @@ impl Vars<'_> {
                 reason: format!("must start with one of {}", schemes.join(", ")),
             })
         }
+    }
+
+    /// A comma-separated list of IP addresses; unset is empty.
+    fn ip_list(&self, name: &'static str) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse().map_err(|_| ConfigError {
+                    variable: name,
+                    reason: format!("{item:?} is not an IP address"),
+                })
+            })
+            .collect()
     }
 
     fn optional_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
@@ -433,6 +521,82 @@ mod tests {
                 .variable,
             "REVIEW_RETRY_DELAY_MS"
         );
+    }
+
+    #[test]
+    fn outbox_batch_settings_have_defaults_and_bounds() {
+        let defaults = config(&[]).expect("defaults");
+        assert_eq!(
+            (
+                defaults.outbox_scan_limit,
+                defaults.outbox_concurrency,
+                defaults.outbox_per_aggregate
+            ),
+            (500, 32, 100)
+        );
+        let set = config(&[
+            ("OUTBOX_SCAN_LIMIT", "2000"),
+            ("OUTBOX_CONCURRENCY", "64"),
+            ("OUTBOX_PER_AGGREGATE", "10"),
+        ])
+        .expect("set");
+        assert_eq!(
+            (
+                set.outbox_scan_limit,
+                set.outbox_concurrency,
+                set.outbox_per_aggregate
+            ),
+            (2000, 64, 10)
+        );
+        for variable in [
+            "OUTBOX_SCAN_LIMIT",
+            "OUTBOX_CONCURRENCY",
+            "OUTBOX_PER_AGGREGATE",
+        ] {
+            assert_eq!(config(&[(variable, "0")]).unwrap_err().variable, variable);
+            assert_eq!(config(&[(variable, "-3")]).unwrap_err().variable, variable);
+        }
+    }
+
+    #[test]
+    fn redis_is_optional_and_checked() {
+        assert!(config(&[]).expect("defaults").redis_url.is_none());
+        assert!(
+            config(&[("REDIS_URL", " ")])
+                .expect("blank")
+                .redis_url
+                .is_none()
+        );
+        let set = config(&[("REDIS_URL", "redis://:pw@127.0.0.1:6379")]).expect("set");
+        assert_eq!(
+            set.redis_url.as_ref().map(Secret::expose),
+            Some("redis://:pw@127.0.0.1:6379")
+        );
+        assert!(!format!("{set:?}").contains(":pw@"));
+        assert_eq!(
+            config(&[("REDIS_URL", "127.0.0.1:6379")])
+                .unwrap_err()
+                .variable,
+            "REDIS_URL"
+        );
+    }
+
+    #[test]
+    fn rate_limits_and_timeout_have_defaults_and_are_checked() {
+        let defaults = config(&[]).expect("defaults");
+        assert_eq!(defaults.rate_limits.per_user_per_min, 600);
+        assert_eq!(defaults.rate_limits.per_ip_per_min, 1200);
+        assert!(defaults.rate_limits.trusted_proxies.is_empty());
+        assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        let set = config(&[("TRUSTED_PROXIES", "10.0.0.1, ::1")]).expect("proxies");
+        assert_eq!(set.rate_limits.trusted_proxies.len(), 2);
+        for (name, value) in [
+            ("TRUSTED_PROXIES", "10.0.0.1,gateway"),
+            ("RATE_LIMIT_PER_USER_PER_MIN", "-1"),
+            ("REQUEST_TIMEOUT_MS", "0"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`payments`] - Flutterwave client, payment checks, refunds;
 //! - [`consumers`] - events from other services (reviews), applied once each;
 //! - [`webhooks`] - the Flutterwave webhook receiver;
+//! - [`realtime`] - Socket.IO notifications, delivered from the outbox;
 //! - [`notifications`], [`uploads`] - the smaller parts;
 //! - [`telemetry`] - logging.
 //!
@@ -21,6 +22,7 @@ pub mod http;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
+pub mod realtime;
 pub mod telemetry;
 pub mod uploads;
 pub mod webhooks;

@@ -3,7 +3,9 @@
 
 use order_service::app::Application;
 use order_service::config::Config;
+use order_service::telemetry::metrics::Metrics;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,19 +16,35 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    order_service::telemetry::init(config.environment);
+    let metrics = Metrics::new();
+    let shipper =
+        order_service::telemetry::init(&config, metrics.families().log_lines_dropped.clone());
+    let logs_stop = CancellationToken::new();
+    let logs = shipper.map(|s| tokio::spawn(s.run(logs_stop.clone())));
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let app = match Application::build(config).await {
+    if !args.is_empty() {
+        return match order_service::cli::Tools::connect(&config).await {
+            Ok(tools) => order_service::cli::run(&tools, &args).await,
+            Err(e) => {
+                eprintln!("database: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let app = match Application::build_with_metrics(config, metrics).await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("start-up failed: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if !args.is_empty() {
-        return order_service::cli::run(app.state(), &args).await;
+    let served = app.run_until_stopped(shutdown_signal()).await;
+    // Last lines (the shutdown itself) still go out.
+    logs_stop.cancel();
+    if let Some(logs) = logs {
+        let _ = logs.await;
     }
-    match app.run_until_stopped(shutdown_signal()).await {
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("server error: {e}");

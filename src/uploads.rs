@@ -36,9 +36,14 @@ impl Uploads {
             &self.config.api_key,
             &self.config.api_secret,
         ) else {
-            return Err(OrderError::ProviderUnavailable {
-                retry_after: Duration::from_secs(60),
-            });
+            // Not an outage that waiting cures: this deployment has no file
+            // store, so the client must send a link instead.
+            tracing::warn!(
+                "an inline file was refused: CLOUD_NAME, CLOUD_API_KEY or CLOUD_API_SECRET is unset"
+            );
+            return Err(OrderError::Invalid(
+                "file: inline data: files are not accepted here (no file store is configured); send a link".into(),
+            ));
         };
         let timestamp = chrono::Utc::now().timestamp().to_string();
         // Cloudinary signs the sorted parameters followed by the secret.

@@ -201,6 +201,17 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel> {
 /// Declares exchanges, queues and bindings; all idempotent on the broker.
 async fn declare(connection: &Connection, topology: &Topology) -> Result<()> {
     let channel = connection.create_channel().await?;
+    declare_on(&channel, topology).await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Declares `topology` on an open channel (idempotent on the broker); for
+/// consumers that re-declare their queues on every subscription.
+pub async fn declare_on(
+    channel: &Channel,
+    topology: &Topology,
+) -> std::result::Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -238,6 +249,5 @@ async fn declare(connection: &Connection, topology: &Topology) -> Result<()> {
                 .await?;
         }
     }
-    let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! exchange, a retry queue that hands messages back after a delay, and a
 //! dead-letter queue (DLQ) where an operator finds what could not be applied.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use outbox::{ExchangeSpec, QueueSpec};
@@ -74,42 +73,11 @@ impl QueueSet {
     /// every (re)subscription so that a queue deleted while the connection
     /// stayed up comes back without a reconnect.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let exchange = self.exchange_spec();
-        channel
-            .exchange_declare(
-                exchange.name.as_str().into(),
-                exchange.kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        for queue in self.queue_specs() {
-            channel
-                .queue_declare(
-                    queue.name.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    queue.arguments,
-                )
-                .await?;
-            for (exchange, key) in &queue.bindings {
-                channel
-                    .queue_bind(
-                        queue.name.as_str().into(),
-                        exchange.as_str().into(),
-                        key.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
+        let topology = outbox::Topology {
+            exchanges: vec![self.exchange_spec()],
+            queues: self.queue_specs(),
+        };
+        outbox::broker::declare_on(channel, &topology).await
     }
 }
 

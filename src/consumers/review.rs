@@ -13,6 +13,7 @@ use super::supervisor::{self, Handler, Subscription};
 use crate::orders::events::Exchanges;
 use crate::orders::reviews::ReviewOutcome;
 use crate::orders::{OrderError, Orders};
+use crate::telemetry::metrics::Metrics;
 use backon::BackoffBuilder;
 use lapin::Channel;
 use lapin::message::Delivery;
@@ -46,6 +47,7 @@ pub struct ReviewConsumer {
     inbox: Inbox,
     queues: QueueSet,
     settings: ReviewSettings,
+    metrics: Option<Metrics>,
 }
 
 /// What becomes of one delivery.
@@ -68,6 +70,27 @@ impl ReviewConsumer {
             inbox,
             queues,
             settings,
+            metrics: None,
+        }
+    }
+
+    /// Count deliveries by outcome (applied, duplicate, retried, dead_lettered).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(metrics) = &self.metrics {
+            let f = metrics.families();
+            f.consumer_messages
+                .with_label_values(&["order-review", outcome])
+                .inc();
+            if outcome == "duplicate" {
+                f.inbox_duplicates
+                    .with_label_values(&["order-review"])
+                    .inc();
+            }
         }
     }
 
@@ -113,6 +136,9 @@ impl ReviewConsumer {
                     tracing::debug!(message_id = %key, order_id = %review.order_id, ?outcome, "review consumed");
                     if outcome == ReviewOutcome::Duplicate {
                         tracing::info!(message_id = %key, "review seen before; acknowledged without effect");
+                        self.count("duplicate");
+                    } else {
+                        self.count("applied");
                     }
                     return Disposition::Done;
                 }
@@ -161,6 +187,7 @@ impl ReviewConsumer {
             Disposition::Done => Ok(()),
             Disposition::Retry { attempt, reason } => {
                 tracing::info!(message_id = %key, attempt, %reason, "review will be retried");
+                self.count("retried");
                 let edit = Edit {
                     set: vec![
                         (
@@ -176,6 +203,7 @@ impl ReviewConsumer {
             }
             Disposition::DeadLetter { reason } => {
                 tracing::warn!(message_id = %key, %reason, "review dead-lettered");
+                self.count("dead_lettered");
                 let edit = Edit {
                     set: vec![
                         (republish::DEAD_LETTER_REASON, republish::text(&reason)),

@@ -1,8 +1,14 @@
 //! Authentication: the gateway's token (which service forwards the call)
-//! and the user's token (who asks). HS256 only.
+//! and the user's token (who asks). HS256 only: a token whose header names
+//! another algorithm (`none`, HS512, RS256, ...) is refused before its
+//! signature is looked at. `exp` and `nbf` are enforced when present, with
+//! [`LEEWAY_SECS`] of tolerated clock skew between the issuer and this host.
+//! Tokens are never logged: failures are counted against the caller's IP
+//! (see [`super::rate_limit`]) and answered without detail.
 
 use super::AppState;
 use super::error::ApiError;
+use super::rate_limit::{ClientIp, RateLimits};
 use super::trace;
 use crate::config::Secret;
 use crate::orders::commands::Actor;
@@ -12,14 +18,16 @@ use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Services allowed to call through the gateway.
 const GATEWAY_SERVICES: &[&str] = &[
     "auth", "seller", "gig", "search", "buyer", "message", "order", "review",
 ];
 
-/// Clock skew tolerated on `exp`/`nbf`, in seconds.
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp`/`nbf`, in seconds: a token is still
+/// accepted up to 30 s after its `exp`, and from 30 s before its `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
 
 pub struct Auth {
     user_key: DecodingKey,
@@ -69,8 +77,19 @@ impl Auth {
 }
 
 /// The authenticated caller of a `/api/v1/order/**` route: the gateway
-/// token checked (403), then the user token (401).
+/// token checked (403), then the user token (401), then the user's rate
+/// limit (429). A failed check counts against the client IP's limit, which,
+/// once exhausted, answers 429 instead.
 pub struct User(pub Actor);
+
+/// `failure`, or 429 when the client IP has failed too often.
+fn refuse(parts: &Parts, failure: ApiError) -> ApiError {
+    let limits = parts.extensions.get::<Arc<RateLimits>>();
+    match (limits, parts.extensions.get::<ClientIp>()) {
+        (Some(limits), Some(ClientIp(ip))) => limits.check_ip(*ip).err().unwrap_or(failure),
+        _ => failure,
+    }
+}
 
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
@@ -84,9 +103,12 @@ impl FromRequestParts<AppState> for User {
             .get("gatewaytoken")
             .and_then(|v| v.to_str().ok());
         if !gateway.is_some_and(|token| state.auth.gateway_allows(token)) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Invalid request, request not coming from api gateway",
+            return Err(refuse(
+                parts,
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Invalid request, request not coming from api gateway",
+                ),
             ));
         }
         let bearer = parts
@@ -97,11 +119,17 @@ impl FromRequestParts<AppState> for User {
         let claims = bearer
             .and_then(|token| state.auth.user(token.trim()))
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "Authentication required: token missing, expired or invalid",
+                refuse(
+                    parts,
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Authentication required: token missing, expired or invalid",
+                    ),
                 )
             })?;
+        if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>() {
+            limits.check_user(&claims.username)?;
+        }
         Ok(User(Actor {
             username: claims.username,
             correlation_id: Some(trace::correlation_id(&parts.headers)),
@@ -114,4 +142,85 @@ impl FromRequestParts<AppState> for User {
 pub fn secret_matches(presented: &[u8], expected: &Secret) -> bool {
     use subtle::ConstantTimeEq;
     presented.ct_eq(expected.expose().as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn auth() -> Auth {
+        Auth::new(&Secret::new("user-key"), &Secret::new("gateway-key"))
+    }
+
+    fn token(alg: Algorithm, key: &str, claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    #[test]
+    fn exp_and_nbf_are_honoured_with_the_documented_leeway() {
+        let auth = auth();
+        let user = |extra: serde_json::Value| {
+            let mut claims = json!({ "id": 1, "username": "alice", "iat": now() });
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            auth.user(&token(Algorithm::HS256, "user-key", claims))
+                .is_some()
+        };
+        assert!(user(json!({})), "no exp: the old auth service issues none");
+        assert!(user(json!({ "exp": now() + 60 })));
+        assert!(user(json!({ "exp": now() - 10 })), "within the leeway");
+        assert!(!user(json!({ "exp": now() - 2 * LEEWAY_SECS as i64 })));
+        assert!(user(json!({ "nbf": now() + 10 })), "within the leeway");
+        assert!(!user(json!({ "nbf": now() + 2 * LEEWAY_SECS as i64 })));
+    }
+
+    #[test]
+    fn only_hs256_with_the_right_key_is_accepted() {
+        let auth = auth();
+        let claims = json!({ "id": 1, "username": "alice", "iat": now() });
+        assert!(
+            auth.user(&token(Algorithm::HS256, "user-key", claims.clone()))
+                .is_some()
+        );
+        assert!(
+            auth.user(&token(Algorithm::HS512, "user-key", claims.clone()))
+                .is_none()
+        );
+        assert!(
+            auth.user(&token(Algorithm::HS256, "gateway-key", claims.clone()))
+                .is_none()
+        );
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let unsigned = format!(
+            "{}.{}.",
+            b64(&json!({ "alg": "none", "typ": "JWT" })),
+            b64(&claims)
+        );
+        assert!(auth.user(&unsigned).is_none(), "alg none");
+        let blank = token(
+            Algorithm::HS256,
+            "user-key",
+            json!({ "username": "  ", "iat": now() }),
+        );
+        assert!(auth.user(&blank).is_none());
+        let gateway = |id: &str| token(Algorithm::HS256, "gateway-key", json!({ "id": id }));
+        assert!(auth.gateway_allows(&gateway("order")));
+        assert!(!auth.gateway_allows(&gateway("payments")));
+    }
 }

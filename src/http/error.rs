@@ -7,9 +7,33 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 const COMING_FROM: &str = "order-service";
+
+/// The error JSON of API.md, the body of every 4xx and 5xx.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"message": "Order not found", "statusCode": 404, "status": "error", "comingFrom": "order-service"}))]
+pub struct ErrorBody {
+    /// What was wrong (naming the field for bad input); for a 5xx, nothing
+    /// specific: the cause is logged, never sent.
+    pub message: String,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status_code: u16,
+    pub status: ErrorTag,
+    /// Always `order-service`.
+    pub coming_from: String,
+}
+
+/// The constant `status` of [`ErrorBody`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorTag {
+    Error,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -51,12 +75,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "message": self.message,
-            "statusCode": self.status.as_u16(),
-            "status": "error",
-            "comingFrom": COMING_FROM,
-        });
+        let body = ErrorBody {
+            message: self.message,
+            status_code: self.status.as_u16(),
+            status: ErrorTag::Error,
+            coming_from: COMING_FROM.to_string(),
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response

@@ -2,14 +2,16 @@
 //! naming the field at fault.
 
 use super::error::ApiError;
+use super::limits::{MAX_JSON_DEPTH, too_deep};
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-/// A JSON body; wrong content type is 415, too large 413, and malformed or
-/// mistyped JSON 400 with the path of the bad field.
+/// A JSON body; wrong content type is 415, too large 413, nested deeper
+/// than [`MAX_JSON_DEPTH`] 400, and malformed or mistyped JSON 400 with the
+/// path of the bad field.
 pub struct JsonBody<T>(pub T, pub serde_json::Value);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -31,15 +33,49 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "Content-Type must be application/json",
             ));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                ApiError::new(rejection.status(), "Request body too large or unreadable")
-            })?;
+        let RawBody(bytes) = RawBody::from_request(request, state).await?;
+        if too_deep(&bytes, MAX_JSON_DEPTH) {
+            return Err(ApiError::bad_request(format!(
+                "Body nests deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("Body is not valid JSON: {e}")))?;
         let typed = parse(&value)?;
         Ok(JsonBody(typed, value))
+    }
+}
+
+/// The raw body, within the route's `DefaultBodyLimit` (413 beyond it).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(request, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| {
+                ApiError::new(rejection.status(), "Request body too large or unreadable")
+            })
+    }
+}
+
+/// Path parameters; a segment that does not decode (invalid UTF-8 in its
+/// percent-encoding, say) is 400 with the JSON error rather than axum's text.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| PathParams(value))
+            .map_err(|rejection| {
+                ApiError::new(rejection.status(), "Path parameter could not be decoded")
+            })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Order commands. Each is ONE MongoDB transaction that reads the order,
 //! decides with the pure state machine, writes the order (bumping
-//! `version`), its notifications and its outbox records, and commits.
+//! `version`), its notifications and its outbox records (including one
+//! Socket.IO emit per notification), and commits.
 //! Nothing leaves the service before the commit: the relay publishes after.
 
 use super::error::OrderError;
@@ -13,6 +14,7 @@ use super::model::{
 use super::repository::{Page, Repository};
 use super::state_machine::{self, Action};
 use super::validation::{CreateOrder, DeliverOrder, RequestExtension};
+use crate::realtime;
 use bson::doc;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -236,20 +238,14 @@ impl Orders {
                 paid_at: Some(now.to_rfc3339()),
                 ..order.flutterwave.clone()
             };
-            let mut emit = Emitter::new(ctx, &next);
-            emit.paid();
-            let records = emit.into_records();
-            let note = Notification::to_other_party(
-                &next,
+            announce(
+                next,
+                ctx,
+                now,
                 Party::Buyer,
                 "placed an order for your gig.",
-                now,
-            );
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![note],
-                records,
-            }))
+                |emit| emit.paid(),
+            )
         })
         .await
     }
@@ -276,15 +272,9 @@ impl Orders {
                 }
                 state_machine::Refund::None => None,
             };
-            let mut emit = Emitter::new(ctx, &next);
-            emit.cancelled(refund);
-            let records = emit.into_records();
-            let note = Notification::to_other_party(&next, from, "cancelled the order.", now);
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![note],
-                records,
-            }))
+            announce(next, ctx, now, from, "cancelled the order.", |emit| {
+                emit.cancelled(refund)
+            })
         })
         .await
     }
@@ -317,20 +307,14 @@ impl Orders {
             };
             let mut next = order.clone();
             next.request_extension = Some(extension.clone());
-            let mut emit = Emitter::new(ctx, &next);
-            emit.extension_requested(&extension);
-            let records = emit.into_records();
-            let note = Notification::to_other_party(
-                &next,
+            announce(
+                next,
+                ctx,
+                now,
                 Party::Seller,
                 "requested for an order delivery date extension.",
-                now,
-            );
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![note],
-                records,
-            }))
+                |emit| emit.extension_requested(&extension),
+            )
         })
         .await
     }
@@ -363,20 +347,14 @@ impl Orders {
                 next.offer.reason = Some(request.reason.clone());
                 next.events.delivery_date_update = Some(now.to_rfc3339());
             }
-            let mut emit = Emitter::new(ctx, &next);
-            emit.extension_decided(approve);
-            let records = emit.into_records();
             let message = if approve {
                 "approved your order delivery date extension request."
             } else {
                 "rejected your order delivery date extension request."
             };
-            let note = Notification::to_other_party(&next, Party::Buyer, message, now);
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![note],
-                records,
-            }))
+            announce(next, ctx, now, Party::Buyer, message, |emit| {
+                emit.extension_decided(approve)
+            })
         })
         .await
     }
@@ -409,16 +387,14 @@ impl Orders {
                 file_size: request.file_size,
                 file_name: request.file_name.clone(),
             });
-            let mut emit = Emitter::new(ctx, &next);
-            emit.delivered(&request.message);
-            let records = emit.into_records();
-            let note =
-                Notification::to_other_party(&next, Party::Seller, "delivered your order.", now);
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![note],
-                records,
-            }))
+            announce(
+                next,
+                ctx,
+                now,
+                Party::Seller,
+                "delivered your order.",
+                |emit| emit.delivered(&request.message),
+            )
         })
         .await
     }
@@ -437,20 +413,14 @@ impl Orders {
             next.status = transition.to;
             next.approved = true;
             next.approved_at = Some(now.to_rfc3339());
-            let mut emit = Emitter::new(ctx, &next);
-            emit.completed(&now.to_rfc3339());
-            let records = emit.into_records();
-            let note = Notification::to_other_party(
-                &next,
+            announce(
+                next,
+                ctx,
+                now,
                 Party::Buyer,
                 "approved your order delivery.",
-                now,
-            );
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![note],
-                records,
-            }))
+                |emit| emit.completed(&now.to_rfc3339()),
+            )
         })
         .await
     }
@@ -670,6 +640,27 @@ pub(crate) struct InboxGuard {
     pub(crate) details: bson::Document,
 }
 
+/// The usual change: the new order, the events `emit` stages for it, and a
+/// notification from `from` to the other party.
+fn announce(
+    next: Order,
+    ctx: &EventContext,
+    now: DateTime<Utc>,
+    from: Party,
+    message: &str,
+    emit: impl FnOnce(&mut Emitter<'_>),
+) -> Result<Decision, OrderError> {
+    let mut emitter = Emitter::new(ctx, &next);
+    emit(&mut emitter);
+    let records = emitter.into_records();
+    let note = Notification::to_other_party(&next, from, message, now);
+    Ok(Decision::from(Change {
+        order: next,
+        notifications: vec![note],
+        records,
+    }))
+}
+
 /// Writes a change on top of `current`; fails with a retryable conflict if
 /// another writer got there first.
 async fn write(
@@ -700,7 +691,16 @@ async fn write(
             .session(&mut *session)
             .await?;
     }
-    outbox.stage(session, change.records).await?;
+    // Each notification also goes to its receiver's sockets; staged here,
+    // in the same transaction, so no command can store one without it.
+    let mut records = change.records;
+    records.extend(
+        change
+            .notifications
+            .iter()
+            .map(|note| realtime::records::notification_record(Some(&order), note)),
+    );
+    outbox.stage(session, records).await?;
     Ok(order)
 }
 

@@ -5,8 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     AwaitingPayment,
@@ -28,23 +29,34 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The bounds documented below hold for every stored offer: creation
+/// checks them (`orders::validation`), and an extension only adds days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Offer {
+    #[schema(min_length = 1, max_length = 512)]
     pub gig_title: String,
+    #[schema(exclusive_minimum = 0, maximum = 100_000_000)]
     pub price: f64,
+    #[schema(min_length = 1, max_length = 5000)]
     pub description: String,
+    /// 1 to 3650 when the order is created; approved extensions add to it.
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "super::validation::integral")]
     pub delivery_in_days: i64,
+    #[schema(min_length = 1, max_length = 64)]
     pub old_delivery_date: String,
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub new_delivery_date: Option<String>,
     pub accepted: bool,
     pub cancelled: bool,
     #[serde(default)]
+    #[schema(max_length = 5000)]
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveredWork {
     pub message: String,
@@ -54,7 +66,7 @@ pub struct DeliveredWork {
     pub file_name: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtensionRequest {
     pub original_date: String,
@@ -64,7 +76,7 @@ pub struct ExtensionRequest {
 }
 
 /// Milestones shown on the order's activity page.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderEvents {
     pub place_order: Option<String>,
@@ -76,7 +88,7 @@ pub struct OrderEvents {
     pub seller_review: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Review {
     pub rating: i32,
@@ -85,7 +97,7 @@ pub struct Review {
 }
 
 /// The Flutterwave side of an order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Payment {
     pub tx_ref: String,
@@ -106,14 +118,14 @@ pub struct Payment {
     pub checkout_claim: Option<CheckoutClaim>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutClaim {
     pub token: String,
     pub until: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RefundStatus {
     Pending,
@@ -121,7 +133,7 @@ pub enum RefundStatus {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Refund {
     pub status: RefundStatus,
@@ -130,7 +142,7 @@ pub struct Refund {
     pub attempts: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     /// UUIDv7: sorts by creation time, which pagination relies on.
@@ -210,7 +222,7 @@ impl Order {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     /// UUIDv7, so the newest sorts last and clients can drop duplicates by it.

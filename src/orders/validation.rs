@@ -5,6 +5,9 @@
 use super::error::OrderError;
 use super::model::Offer;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use std::fmt;
+use utoipa::ToSchema;
 
 /// Longest free text accepted (descriptions, requirements, messages).
 const MAX_TEXT: usize = 5_000;
@@ -12,63 +15,157 @@ const MAX_TEXT: usize = 5_000;
 const MAX_SHORT: usize = 512;
 /// Largest price accepted, a guard against typos and overflow games.
 const MAX_PRICE: f64 = 100_000_000.0;
+/// Longest link accepted for a delivered file (a `data:` URI is bounded by
+/// the route's body limit instead).
+const MAX_URL: usize = 2_048;
 
-#[derive(Debug, Clone, Deserialize)]
+// The `#[schema(...)]` bounds below document the checks in `validate`
+// (the OpenAPI document is generated from them); `validate` is what holds.
+
+/// POST `/api/v1/order`: the old Joi schema. `status`, `serviceFee` and
+/// other server-set fields in the body are ignored. `buyerUsername` must be
+/// the caller (403 otherwise) and differ from `sellerUsername`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateOrder {
+    /// `gigTitle` and `description` are required text (up to 512 and 5000
+    /// characters), `price` as the order's, `deliveryInDays` 1 to 3650.
     pub offer: Offer,
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub gig_id: String,
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub seller_id: String,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub seller_username: String,
+    #[schema(min_length = 3, max_length = 512, pattern = r"^[^@\s]+@\S*\.\S*$")]
     pub seller_email: String,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub seller_image: String,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub gig_cover_image: String,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub gig_main_title: String,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub gig_basic_title: String,
+    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
     pub gig_basic_description: String,
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub buyer_id: String,
+    /// The caller's own username (compared case-insensitively).
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub buyer_username: String,
+    #[schema(min_length = 3, max_length = 512, pattern = r"^[^@\s]+@\S*\.\S*$")]
     pub buyer_email: String,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     pub buyer_image: String,
+    /// Unique: a second order with the same id is 409.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub order_id: String,
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub invoice_id: String,
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "integral")]
     pub quantity: i64,
+    #[schema(exclusive_minimum = 0, maximum = 100_000_000)]
     pub price: f64,
     #[serde(default)]
+    #[schema(max_length = 5000)]
     pub requirements: Option<String>,
+    /// ISO 4217 code; `ORDER_CURRENCY` (NGN) when absent.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// PUT `/extension/{orderId}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestExtension {
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub original_date: String,
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub new_date: String,
+    #[schema(minimum = 1, maximum = 365)]
+    #[serde(deserialize_with = "integral")]
     pub days: i64,
+    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
     pub reason: String,
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub delivery_date_update: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// PUT `/deliver-order/{orderId}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverOrder {
+    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
     pub message: String,
+    /// An `http(s)://` link (up to 2048 characters) or a `data:` URI, which
+    /// is uploaded to Cloudinary and replaced by its `secure_url`.
     #[serde(default)]
+    #[schema(pattern = "^(https?://|data:)")]
     pub file: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub file_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integral")]
+    #[schema(minimum = 0)]
     pub file_size: Option<i64>,
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub file_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// PUT `/notification/mark-as-read`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MarkAsRead {
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub notification_id: String,
+}
+
+/// An integer that JSON may spell `5` or `5.0`: JSON Schema (and so the
+/// OpenAPI document) counts both as integers, serde's `i64` only the first.
+/// Reads BSON integers too, for the stored `Offer`.
+pub fn integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Integral;
+
+    impl Visitor<'_> for Integral {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<i64, E> {
+            i64::try_from(value).map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<i64, E> {
+            // 2^63 is exactly representable; anything below it with no
+            // fraction converts without loss of its integer value.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if value.fract() == 0.0 && (-LIMIT..LIMIT).contains(&value) {
+                Ok(value as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(value), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Integral)
+}
+
+/// [`integral`], optional.
+fn optional_integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Int(#[serde(deserialize_with = "integral")] i64);
+    Ok(Option::<Int>::deserialize(deserializer)?.map(|Int(n)| n))
 }
 
 fn invalid(field: &str, problem: &str) -> OrderError {
@@ -147,6 +244,7 @@ impl CreateOrder {
         }
         text("offer.oldDeliveryDate", &o.old_delivery_date, 64)?;
         optional_text("offer.newDeliveryDate", o.new_delivery_date.as_deref(), 64)?;
+        optional_text("offer.reason", o.reason.as_deref(), MAX_TEXT)?;
         for (field, value) in [
             ("gigId", &self.gig_id),
             ("sellerId", &self.seller_id),
@@ -218,12 +316,17 @@ impl DeliverOrder {
         if self.file_size.is_some_and(|s| s < 0) {
             return Err(invalid("fileSize", "must not be negative"));
         }
-        if let Some(file) = &self.file
-            && !(file.starts_with("https://")
-                || file.starts_with("http://")
-                || file.starts_with("data:"))
-        {
-            return Err(invalid("file", "must be a URL or a data: URI"));
+        if let Some(file) = &self.file {
+            let link = file.starts_with("https://") || file.starts_with("http://");
+            if !(link || file.starts_with("data:")) {
+                return Err(invalid("file", "must be a URL or a data: URI"));
+            }
+            if link && file.chars().count() > MAX_URL {
+                return Err(invalid(
+                    "file",
+                    &format!("must be at most {MAX_URL} characters"),
+                ));
+            }
         }
         Ok(())
     }
@@ -247,6 +350,29 @@ mod tests {
         assert!(money("price", 10.0).is_ok());
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e12] {
             assert!(money("price", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_may_be_spelled_as_integral_floats() {
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(deserialize_with = "integral")]
+            n: i64,
+            #[serde(default, deserialize_with = "optional_integral")]
+            m: Option<i64>,
+        }
+        let read = |json: &str| serde_json::from_str::<Probe>(json).map(|p| (p.n, p.m));
+        assert_eq!(read(r#"{"n": 5}"#).unwrap(), (5, None));
+        assert_eq!(read(r#"{"n": 5.0, "m": -2.0}"#).unwrap(), (5, Some(-2)));
+        assert_eq!(read(r#"{"n": 1, "m": null}"#).unwrap(), (1, None));
+        for bad in [
+            r#"{"n": 5.5}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": 18446744073709551615}"#,
+            r#"{"n": "5"}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::resilience::Guarded;
 use crate::config::{FlutterwaveLimits, Secret};
+use crate::telemetry::metrics::Metrics;
 use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use std::time::Duration;
@@ -92,6 +93,7 @@ pub struct Flutterwave {
     base_url: String,
     secret_key: Secret,
     read_retries: usize,
+    metrics: Option<Metrics>,
 }
 
 impl Flutterwave {
@@ -114,7 +116,23 @@ impl Flutterwave {
             base_url: base_url.trim_end_matches('/').to_string(),
             secret_key,
             read_retries: limits.read_retries,
+            metrics: None,
         })
+    }
+
+    /// Count every call by operation and outcome.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Breaker state as a number for the gauge: 0 closed, 1 open, 2 half-open.
+    pub fn breaker_code(&self) -> i64 {
+        match self.breaker_label() {
+            "closed" => 0,
+            "open" => 1,
+            _ => 2,
+        }
     }
 
     /// Circuit breaker state, for readiness and metrics.
@@ -125,7 +143,7 @@ impl Flutterwave {
     /// GET /transactions/{id}/verify; `None` when Flutterwave knows no such id.
     pub async fn verify(&self, transaction_id: &str) -> Result<Option<Transaction>, ProviderError> {
         let url = format!("{}/transactions/{transaction_id}/verify", self.base_url);
-        self.read_optional(|| self.http.get(&url)).await
+        self.read_optional("verify", || self.http.get(&url)).await
     }
 
     /// GET /transactions/verify_by_reference?tx_ref=...
@@ -134,8 +152,10 @@ impl Flutterwave {
         tx_ref: &str,
     ) -> Result<Option<Transaction>, ProviderError> {
         let url = format!("{}/transactions/verify_by_reference", self.base_url);
-        self.read_optional(|| self.http.get(&url).query(&[("tx_ref", tx_ref)]))
-            .await
+        self.read_optional("verify_by_reference", || {
+            self.http.get(&url).query(&[("tx_ref", tx_ref)])
+        })
+        .await
     }
 
     /// POST /transactions/{id}/refund. Not idempotent on Flutterwave's side,
@@ -151,7 +171,7 @@ impl Flutterwave {
             .http
             .post(url)
             .json(&serde_json::json!({ "amount": amount, "comments": comments }));
-        self.send::<RefundRecord>(request)
+        self.send::<RefundRecord>("refund", request)
             .await?
             .ok_or_else(|| ProviderError::Decode("refund answer without data".into()))
     }
@@ -164,7 +184,7 @@ impl Flutterwave {
     ) -> Result<String, ProviderError> {
         let url = format!("{}/payments", self.base_url);
         let data: PaymentLink = self
-            .send(self.http.post(url).json(request))
+            .send("payments", self.http.post(url).json(request))
             .await?
             .ok_or_else(|| ProviderError::Decode("payment answer without data".into()))?;
         Ok(data.link)
@@ -177,7 +197,9 @@ impl Flutterwave {
     ) -> Result<Vec<RefundRecord>, ProviderError> {
         let url = format!("{}/refunds", self.base_url);
         Ok(self
-            .read(|| self.http.get(&url).query(&[("tx_id", transaction_id)]))
+            .read("refund_lookup", || {
+                self.http.get(&url).query(&[("tx_id", transaction_id)])
+            })
             .await?
             .unwrap_or_default())
     }
@@ -186,6 +208,7 @@ impl Flutterwave {
     /// not while the breaker is open: that would only queue more waiting).
     async fn read<T: for<'de> Deserialize<'de>>(
         &self,
+        operation: &'static str,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Option<T>, ProviderError> {
         let backoff = ExponentialBuilder::default()
@@ -193,7 +216,7 @@ impl Flutterwave {
             .with_max_delay(Duration::from_secs(2))
             .with_jitter()
             .with_max_times(self.read_retries);
-        (|| self.send::<T>(request()))
+        (|| self.send::<T>(operation, request()))
             .retry(backoff)
             .when(|e| match e {
                 ProviderError::Timeout => true,
@@ -207,9 +230,10 @@ impl Flutterwave {
 
     async fn read_optional<T: for<'de> Deserialize<'de>>(
         &self,
+        operation: &'static str,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Option<T>, ProviderError> {
-        match self.read(request).await {
+        match self.read(operation, request).await {
             // Flutterwave answers an unknown id with 400 "No transaction was found".
             Err(ProviderError::Rejected(message)) if message.contains("No transaction") => Ok(None),
             other => other,
@@ -217,6 +241,36 @@ impl Flutterwave {
     }
 
     async fn send<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, ProviderError> {
+        let result = self.send_once(request).await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(ProviderError::Rejected(_)) => "rejected",
+                Err(ProviderError::Timeout) => "timeout",
+                Err(ProviderError::Unavailable { reason, .. }) if reason.contains("breaker") => {
+                    "breaker_open"
+                }
+                Err(ProviderError::Unavailable { reason, .. }) if reason.contains("rate limit") => {
+                    metrics.families().flutterwave_rate_limited.inc();
+                    "rate_limited"
+                }
+                Err(ProviderError::Unavailable { .. }) => "unavailable",
+                Err(ProviderError::Decode(_)) => "bad_answer",
+            };
+            metrics
+                .families()
+                .flutterwave_calls
+                .with_label_values(&[operation, outcome])
+                .inc();
+        }
+        result
+    }
+
+    async fn send_once<T: for<'de> Deserialize<'de>>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<T>, ProviderError> {

@@ -10,6 +10,7 @@ use super::verification;
 use crate::orders::commands::Actor;
 use crate::orders::model::Order;
 use crate::orders::{OrderError, Orders};
+use crate::telemetry::metrics::Metrics;
 use bson::{Document, doc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
@@ -46,6 +47,7 @@ pub struct Reconciler {
     orders: Orders,
     checks: Collection<Document>,
     settings: ReconcileSettings,
+    metrics: Option<Metrics>,
 }
 
 impl Reconciler {
@@ -60,7 +62,13 @@ impl Reconciler {
             orders,
             checks: db.collection("payment_checks"),
             settings,
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub async fn ensure_schema(&self, db: &Database) -> Result<(), OrderError> {
@@ -113,7 +121,20 @@ impl Reconciler {
                 continue;
             }
             outcome.checked += 1;
-            match self.check(&order).await {
+            let result = self.check(&order).await;
+            if let Some(metrics) = &self.metrics {
+                let label = match &result {
+                    Ok(true) => "paid",
+                    Ok(false) => "pending",
+                    Err(_) => "failed",
+                };
+                metrics
+                    .families()
+                    .reconcile_checks
+                    .with_label_values(&[label])
+                    .inc();
+            }
+            match result {
                 Ok(true) => outcome.paid += 1,
                 Ok(false) => {}
                 Err(e) => {

@@ -30,6 +30,8 @@ pub struct Families {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Requests refused with 429, by scope (`user`, `ip`).
+    pub http_rate_limited: IntCounterVec,
     pub outbox_pending: IntGauge,
     pub outbox_parked: IntGauge,
     pub outbox_oldest_pending: Gauge,
@@ -132,6 +134,12 @@ impl Metrics {
                 "HTTP request latency by method and matched route",
                 &["method", "route"],
             ),
+            http_rate_limited: counter(
+                &r,
+                "http_rate_limited_total",
+                "HTTP requests refused by the rate limit, by scope (user, ip)",
+                &["scope"],
+            ),
             outbox_pending: gauge(&r, "outbox_pending", "Outbox records waiting for delivery"),
             outbox_parked: gauge(
                 &r,
@@ -192,6 +200,58 @@ impl Metrics {
             dependency_up,
             registry: r,
         };
+        // Series with known labels start at zero, so dashboards and alerts
+        // see them before the first event rather than "no data".
+        for destination in ["amqp", "socket", "command"] {
+            for outcome in ["delivered", "failed", "parked"] {
+                families
+                    .outbox_deliveries
+                    .with_label_values(&[destination, outcome]);
+            }
+            families
+                .outbox_commit_to_confirm
+                .with_label_values(&[destination]);
+        }
+        for operation in [
+            "verify",
+            "verify_by_reference",
+            "refund",
+            "refund_lookup",
+            "payments",
+        ] {
+            for outcome in [
+                "ok",
+                "rejected",
+                "timeout",
+                "breaker_open",
+                "rate_limited",
+                "unavailable",
+            ] {
+                families
+                    .flutterwave_calls
+                    .with_label_values(&[operation, outcome]);
+            }
+        }
+        for outcome in ["applied", "duplicate", "retried", "dead_lettered"] {
+            families
+                .consumer_messages
+                .with_label_values(&["order-review", outcome]);
+        }
+        for consumer in ["order-review", "flutterwave-webhook"] {
+            families.inbox_duplicates.with_label_values(&[consumer]);
+        }
+        for outcome in ["paid", "pending", "failed"] {
+            families.reconcile_checks.with_label_values(&[outcome]);
+        }
+        families
+            .socket_emits
+            .with_label_values(&["order notification"]);
+        for scope in ["user", "ip"] {
+            families.http_rate_limited.with_label_values(&[scope]);
+        }
+        for dependency in ["mongo", "rabbitmq"] {
+            families.dependency_up.with_label_values(&[dependency]);
+        }
         Self {
             inner: Arc::new(families),
         }

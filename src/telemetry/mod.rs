@@ -1,20 +1,45 @@
 //! Telemetry: logging (JSON lines in production, readable lines elsewhere;
-//! `RUST_LOG` overrides the level) and Prometheus metrics.
+//! `RUST_LOG` overrides the level), log shipping to Elasticsearch when
+//! `ELASTIC_SEARCH_URL` is set, and Prometheus metrics.
 
+pub mod elastic;
 pub mod metrics;
 
-use crate::config::Environment;
-use tracing_subscriber::EnvFilter;
+use crate::config::{Config, Environment};
+use prometheus::IntCounter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-pub fn init(environment: Environment) {
+/// Installs the global subscriber. Returns the Elasticsearch sender to run
+/// in the background when shipping is on; `dropped` counts lines it had to
+/// drop.
+pub fn init(config: &Config, dropped: IntCounter) -> Option<elastic::Shipper> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if environment == Environment::Production {
-        builder.json().try_init()
+    let console = if config.environment == Environment::Production {
+        tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let (elastic, shipper) = match &config.elastic_search_url {
+        Some(url) => match elastic::layer(
+            elastic::ShipperConfig::new(url, &config.instance_id),
+            dropped,
+        ) {
+            Ok((layer, shipper)) => (Some(layer), Some(shipper)),
+            Err(e) => {
+                eprintln!("log shipping disabled: {e}");
+                (None, None)
+            }
+        },
+        None => (None, None),
     };
     // A subscriber set earlier (tests) stays in place.
-    drop(result);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(console)
+        .with(elastic)
+        .try_init();
+    shipper
 }

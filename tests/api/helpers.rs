@@ -55,6 +55,9 @@ pub struct Options {
     pub amqp_uri: Option<String>,
     /// Variables applied over the test defaults.
     pub extra_env: Vec<(&'static str, String)>,
+    /// An existing database (another app's `db.name()`) instead of a fresh
+    /// one: a second instance of the same deployment.
+    pub database: Option<String>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -67,7 +70,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .expect("simulator");
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let db_name = format!("order_test_{id}");
+    let db_name = options
+        .database
+        .unwrap_or_else(|| format!("order_test_{id}"));
     let prefix = format!("t{}-", &id[..12]);
     let mut vars: HashMap<&str, String> = HashMap::from([
         ("NODE_ENV", "test".to_string()),

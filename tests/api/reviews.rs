@@ -457,7 +457,8 @@ async fn a_review_for_an_unknown_order_is_retried_then_dead_lettered_and_can_be_
     // The operator fixes the cause (the order now exists) and re-drives.
     app.new_order(&order_id, "fay", "gus", 30.0).await;
     let args = ["reviews".to_string(), "redrive-dlq".to_string()];
-    let code = order_service::cli::run(&app.state, &args).await;
+    let code =
+        order_service::cli::run(&order_service::cli::Tools::from_state(&app.state), &args).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     eventually("the re-driven review", 30, || async {
         order(&app, &order_id).await.seller_review.is_some()

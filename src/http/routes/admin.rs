@@ -3,9 +3,11 @@
 
 use crate::http::AppState;
 use crate::http::auth::secret_matches;
-use crate::http::error::ApiError;
+use crate::http::bodies::{ParkedRecords, Replayed};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::PathParams;
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -18,7 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/outbox/replay-parked", post(replay_all))
 }
 
-struct Admin;
+pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -40,7 +42,18 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-async fn parked(
+/// Parked outbox records (up to 500), oldest first.
+#[utoipa::path(
+    get,
+    path = "/admin/outbox/parked",
+    tag = "admin",
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Parked records", body = ParkedRecords),
+        (status = 403, description = "Admin token missing or wrong", body = ErrorBody),
+    )
+)]
+pub async fn parked(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
@@ -66,10 +79,23 @@ async fn parked(
     ))
 }
 
-async fn replay_one(
+/// Queues one parked record for delivery again.
+#[utoipa::path(
+    post,
+    path = "/admin/outbox/parked/{messageId}/replay",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("messageId" = String, Path, min_length = 1)),
+    responses(
+        (status = 200, description = "Queued", body = Replayed),
+        (status = 403, description = "Admin token missing or wrong", body = ErrorBody),
+        (status = 404, description = "No parked record with that id", body = ErrorBody),
+    )
+)]
+pub async fn replay_one(
     _: Admin,
     State(state): State<AppState>,
-    Path(message_id): Path<String>,
+    PathParams(message_id): PathParams<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     match state.outbox.replay(&message_id).await {
         Ok(()) => Ok(axum::Json(
@@ -83,7 +109,18 @@ async fn replay_one(
     }
 }
 
-async fn replay_all(
+/// Queues every parked record for delivery again.
+#[utoipa::path(
+    post,
+    path = "/admin/outbox/replay-parked",
+    tag = "admin",
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Queued", body = Replayed),
+        (status = 403, description = "Admin token missing or wrong", body = ErrorBody),
+    )
+)]
+pub async fn replay_all(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {

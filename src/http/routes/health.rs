@@ -1,6 +1,7 @@
 //! Liveness and readiness.
 
 use crate::http::AppState;
+use crate::http::bodies::{Liveness, Readiness};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,20 +13,49 @@ use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
-            "/order-health",
-            get(|| async { "Order Service is healthy" }),
-        )
-        .route(
-            "/health/live",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
-        )
+        .route("/order-health", get(order_health))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
 }
 
-/// Per dependency; 503 when MongoDB or RabbitMQ is down, as the service then
-/// can neither commit nor publish.
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+/// The old service's health check, kept for the gateway.
+#[utoipa::path(
+    get,
+    path = "/order-health",
+    tag = "operations",
+    responses((status = 200, description = "Always this text", body = String,
+        content_type = "text/plain", example = "Order Service is healthy"))
+)]
+pub async fn order_health() -> &'static str {
+    "Order Service is healthy"
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = Liveness))
+)]
+pub async fn live() -> axum::Json<Liveness> {
+    axum::Json(Liveness {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness per dependency; 503 when MongoDB or RabbitMQ is down, as the
+/// service then can neither commit nor publish.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "MongoDB or RabbitMQ is down (same body), or timed out (ErrorBody)",
+            content((Readiness = "application/json"))),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mongo = tokio::time::timeout(
         Duration::from_secs(2),
         state.db.run_command(doc! { "ping": 1 }),
@@ -42,6 +72,11 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         _ => json!(null),
     };
     let up = |ok: bool| if ok { "up" } else { "down" };
+    let gauge = &state.metrics.families().dependency_up;
+    gauge.with_label_values(&["mongo"]).set(i64::from(mongo));
+    gauge
+        .with_label_values(&["rabbitmq"])
+        .set(i64::from(rabbitmq));
     let status = if mongo && rabbitmq {
         StatusCode::OK
     } else {

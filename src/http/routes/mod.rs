@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod metrics;
 pub mod orders;
 pub mod webhooks;
 
@@ -10,4 +11,11 @@ use axum::http::StatusCode;
 
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Route not found")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed on this route",
+    )
 }

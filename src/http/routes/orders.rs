@@ -2,22 +2,26 @@
 
 use crate::http::AppState;
 use crate::http::auth::User;
-use crate::http::error::ApiError;
-use crate::http::extract::{JsonBody, PageQuery};
+use crate::http::bodies::{
+    NotificationPage, NotificationReply, OrderPage, OrderReply, PaymentLink,
+};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{JsonBody, PageQuery, PathParams};
+use crate::orders::OrderError;
 use crate::orders::commands::IdempotencyKey;
 use crate::orders::model::Order;
 use crate::orders::repository::Page;
 use crate::orders::validation::{CreateOrder, DeliverOrder, MarkAsRead, RequestExtension};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Bodies are small JSON documents, except a delivery carrying a file.
-const BODY_LIMIT: usize = 64 * 1024;
+pub const BODY_LIMIT: usize = 64 * 1024;
 /// A delivered file may come inline as a data: URI (base64 grows it by a third).
 pub const DELIVERY_BODY_LIMIT: usize = 14 * 1024 * 1024;
 
@@ -42,10 +46,38 @@ pub fn router() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
-fn order_response(message: &str, order: Order) -> Json<Value> {
-    Json(json!({ "message": message, "order": order }))
+fn order_response(message: &str, order: Order) -> Json<OrderReply> {
+    Json(OrderReply::new(message, order))
 }
 
+/// Creates an order in AWAITING_PAYMENT.
+///
+/// The caller must be the `buyerUsername` of the body. The server sets
+/// `serviceFee`, `status`, `flutterwave.txRef` and the dates; such fields
+/// in the body are ignored. With `Idempotency-Key`, the same key and body
+/// within 24 h replay the first answer (with `Idempotent-Replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/order",
+    operation_id = "create_order",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+            description = "Replays the first answer for the same key and body within 24 h"),
+    ),
+    request_body(content = CreateOrder, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (or replayed)", body = OrderReply,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "Invalid body; the message names the field", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or the caller is not `buyerUsername`", body = ErrorBody),
+        (status = 409, description = "An order with this `orderId` exists", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "`Idempotency-Key` reused with another body", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     User(actor): User,
@@ -106,21 +138,53 @@ fn canonical_json(value: &Value) -> String {
     }
 }
 
-async fn order(
+/// One order, for its buyer or seller.
+#[utoipa::path(
+    get,
+    path = "/api/v1/order/{orderId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(("orderId" = String, Path, min_length = 1)),
+    responses(
+        (status = 200, description = "The order", body = OrderReply),
+        (status = 403, description = "Bad gateway token, or not a party", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+    )
+)]
+pub async fn order(
     State(state): State<AppState>,
     User(actor): User,
-    Path(order_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    PathParams(order_id): PathParams<String>,
+) -> Result<Json<OrderReply>, ApiError> {
     let order = state.orders.get(&actor, &order_id).await?;
     Ok(order_response("Order by order id", order))
 }
 
-async fn seller_orders(
+/// The caller's orders as seller `sellerId`, newest first.
+///
+/// Only the caller's own: anyone else gets an empty list.
+#[utoipa::path(
+    get,
+    path = "/api/v1/order/seller/{sellerId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(
+        ("sellerId" = String, Path, min_length = 1),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, default 50"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9a-fA-F-]{1,64}$",
+            description = "`nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+    )
+)]
+pub async fn seller_orders(
     State(state): State<AppState>,
     User(actor): User,
-    Path(seller_id): Path<String>,
+    PathParams(seller_id): PathParams<String>,
     query: PageQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderPage>, ApiError> {
     let page = Page {
         limit: query.limit,
         cursor: query.cursor.as_deref(),
@@ -132,12 +196,31 @@ async fn seller_orders(
     Ok(list_response("Seller orders", orders, query.limit))
 }
 
-async fn buyer_orders(
+/// The caller's orders as buyer `buyerId`, newest first.
+///
+/// Only the caller's own: anyone else gets an empty list.
+#[utoipa::path(
+    get,
+    path = "/api/v1/order/buyer/{buyerId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(
+        ("buyerId" = String, Path, min_length = 1),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, default 50"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9a-fA-F-]{1,64}$",
+            description = "`nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+    )
+)]
+pub async fn buyer_orders(
     State(state): State<AppState>,
     User(actor): User,
-    Path(buyer_id): Path<String>,
+    PathParams(buyer_id): PathParams<String>,
     query: PageQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderPage>, ApiError> {
     let page = Page {
         limit: query.limit,
         cursor: query.cursor.as_deref(),
@@ -147,18 +230,47 @@ async fn buyer_orders(
 }
 
 /// A full page gets a cursor to the next one.
-fn list_response(message: &str, orders: Vec<Order>, limit: i64) -> Json<Value> {
-    let next = (orders.len() as i64 == limit)
+fn list_response(message: &str, orders: Vec<Order>, limit: i64) -> Json<OrderPage> {
+    let next_cursor = (orders.len() as i64 == limit)
         .then(|| orders.last().map(|o| o.id.clone()))
         .flatten();
-    Json(json!({ "message": message, "orders": orders, "nextCursor": next }))
+    Json(OrderPage {
+        message: message.to_string(),
+        orders,
+        next_cursor,
+    })
 }
 
-async fn verify(
+/// Verifies a Flutterwave transaction and moves the order to PROCESSING.
+///
+/// Flutterwave is asked; the transaction must be `successful`, carry the
+/// order's `tx_ref` and currency, and cover price + fee. Repeating it for a
+/// paid order with the same transaction is a 200 no-op.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/verify/{transactionId}/{txRef}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(
+        ("transactionId" = String, Path, min_length = 1, description = "Flutterwave's transaction id"),
+        ("txRef" = String, Path, min_length = 1, description = "The order's `flutterwave.txRef`"),
+    ),
+    responses(
+        (status = 200, description = "Paid (or already paid with this transaction)", body = OrderReply),
+        (status = 400, description = "Payment not accepted (status, reference, currency or amount), or a malformed id", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or not the buyer", body = ErrorBody),
+        (status = 404, description = "No order with this `txRef`", body = ErrorBody),
+        (status = 409, description = "Not awaiting payment, or changed concurrently", body = ErrorBody),
+        (status = 502, description = "Flutterwave answered with an error", body = ErrorBody),
+        (status = 503, description = "Flutterwave unavailable or its breaker open (or timed out)", body = ErrorBody,
+            headers(("Retry-After" = i64, description = "Seconds"))),
+    )
+)]
+pub async fn verify(
     State(state): State<AppState>,
     User(actor): User,
-    Path((transaction_id, tx_ref)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+    PathParams((transaction_id, tx_ref)): PathParams<(String, String)>,
+) -> Result<Json<OrderReply>, ApiError> {
     let order = state
         .payments
         .verify(&actor, &transaction_id, &tx_ref)
@@ -166,32 +278,84 @@ async fn verify(
     Ok(order_response("Payment verified successfully.", order))
 }
 
-/// The hosted payment link; asking again returns the same link.
-async fn checkout(
+/// The hosted Flutterwave payment link; asking again returns the same link.
+#[utoipa::path(
+    post,
+    path = "/api/v1/order/{orderId}/checkout",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(("orderId" = String, Path, min_length = 1)),
+    responses(
+        (status = 200, description = "The link", body = PaymentLink),
+        (status = 403, description = "Bad gateway token, or not the buyer", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Not awaiting payment", body = ErrorBody),
+        (status = 502, description = "Flutterwave answered with an error", body = ErrorBody),
+        (status = 503, description = "Flutterwave unavailable (or timed out)", body = ErrorBody,
+            headers(("Retry-After" = i64, description = "Seconds"))),
+    )
+)]
+pub async fn checkout(
     State(state): State<AppState>,
     User(actor): User,
-    Path(order_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    PathParams(order_id): PathParams<String>,
+) -> Result<Json<PaymentLink>, ApiError> {
     let link = state.checkout.link(&actor, &order_id).await?;
-    Ok(Json(json!({ "message": "Payment link", "link": link })))
+    Ok(Json(PaymentLink {
+        message: "Payment link".into(),
+        link,
+    }))
 }
 
-/// The old gateway sends `orderData` and figures; they are ignored.
-async fn cancel(
+/// Cancels the order; after payment, stages a 95 % refund.
+///
+/// The old gateway sends `orderData` and figures; any body is ignored.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/cancel/{orderId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(("orderId" = String, Path, min_length = 1)),
+    responses(
+        (status = 200, description = "Cancelled", body = OrderReply),
+        (status = 403, description = "Bad gateway token, or not a party", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Already cancelled or completed, or changed concurrently", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
     State(state): State<AppState>,
     User(actor): User,
-    Path(order_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    PathParams(order_id): PathParams<String>,
+) -> Result<Json<OrderReply>, ApiError> {
     let order = state.orders.cancel(&actor, &order_id).await?;
     Ok(order_response("Cancel order successful.", order))
 }
 
-async fn request_extension(
+/// The seller asks for a later delivery date.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/extension/{orderId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(("orderId" = String, Path, min_length = 1)),
+    request_body(content = RequestExtension, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored in `requestExtension`", body = OrderReply),
+        (status = 400, description = "Invalid body; the message names the field", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or not the seller", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Not in progress, one already pending, or changed concurrently", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+    )
+)]
+pub async fn request_extension(
     State(state): State<AppState>,
     User(actor): User,
-    Path(order_id): Path<String>,
+    PathParams(order_id): PathParams<String>,
     JsonBody(request, _): JsonBody<RequestExtension>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderReply>, ApiError> {
     let order = state
         .orders
         .request_extension(&actor, &order_id, request)
@@ -199,11 +363,29 @@ async fn request_extension(
     Ok(order_response("Order delivery request", order))
 }
 
-async fn decide_extension(
+/// The buyer approves or rejects the pending extension.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/gig/{type}/{orderId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(
+        ("type" = String, Path, pattern = "^(approve|reject)$", description = "`approve` or `reject`"),
+        ("orderId" = String, Path, min_length = 1),
+    ),
+    responses(
+        (status = 200, description = "Decided; `requestExtension` cleared", body = OrderReply),
+        (status = 400, description = "`type` is neither approve nor reject", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or not the buyer", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "No extension pending, or changed concurrently", body = ErrorBody),
+    )
+)]
+pub async fn decide_extension(
     State(state): State<AppState>,
     User(actor): User,
-    Path((kind, order_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+    PathParams((kind, order_id)): PathParams<(String, String)>,
+) -> Result<Json<OrderReply>, ApiError> {
     let approve = match kind.as_str() {
         "approve" => true,
         "reject" => false,
@@ -216,64 +398,156 @@ async fn decide_extension(
     Ok(order_response("Gig delivery date extension decided", order))
 }
 
-async fn deliver(
+/// The seller delivers; a `data:` URI file goes to Cloudinary first.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/deliver-order/{orderId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(("orderId" = String, Path, min_length = 1)),
+    request_body(content = DeliverOrder, content_type = "application/json"),
+    responses(
+        (status = 200, description = "DELIVERED", body = OrderReply),
+        (status = 400, description = "Invalid body (the message names the field), or an inline file where no file store is configured", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or not the seller", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Not in progress, or changed concurrently", body = ErrorBody),
+        (status = 413, description = "Body over 14 MiB", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 502, description = "Cloudinary answered with an error", body = ErrorBody),
+        (status = 503, description = "Cloudinary unavailable (or timed out)", body = ErrorBody,
+            headers(("Retry-After" = i64, description = "Seconds"))),
+    )
+)]
+pub async fn deliver(
     State(state): State<AppState>,
     User(actor): User,
-    Path(order_id): Path<String>,
+    PathParams(order_id): PathParams<String>,
     JsonBody(mut request, _): JsonBody<DeliverOrder>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderReply>, ApiError> {
     request.validate()?;
     // Authorize before uploading anything on the caller's behalf.
     state.orders.get(&actor, &order_id).await?;
     if let Some(file) = request.file.take() {
-        request.file = Some(state.uploads.store(&file).await?);
+        request.file = Some(state.uploads.store(&file).await.map_err(file_store_error)?);
     }
     let order = state.orders.deliver(&actor, &order_id, request).await?;
     Ok(order_response("Order delivered successfully.", order))
 }
 
-/// The old gateway sends `sellerId`, `totalEarnings`, ...; they are ignored:
-/// earnings come from the stored order.
-async fn approve(
+/// The file store's failures, named as such (the shared mapping speaks of
+/// the payment provider).
+fn file_store_error(error: OrderError) -> ApiError {
+    match error {
+        OrderError::ProviderUnavailable { retry_after } => ApiError {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "File store unavailable, try again later",
+            )
+        },
+        OrderError::Provider(cause) => ApiError {
+            internal: Some(cause),
+            ..ApiError::new(StatusCode::BAD_GATEWAY, "File store error")
+        },
+        other => other.into(),
+    }
+}
+
+/// The buyer approves the delivery: COMPLETED.
+///
+/// The old gateway sends `sellerId`, `totalEarnings`, ...; any body is
+/// ignored: earnings come from the stored order.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/approve-order/{orderId}",
+    tag = "orders",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(("orderId" = String, Path, min_length = 1)),
+    responses(
+        (status = 200, description = "COMPLETED", body = OrderReply),
+        (status = 403, description = "Bad gateway token, or not the buyer", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Not delivered, or changed concurrently", body = ErrorBody),
+    )
+)]
+pub async fn approve(
     State(state): State<AppState>,
     User(actor): User,
-    Path(order_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    PathParams(order_id): PathParams<String>,
+) -> Result<Json<OrderReply>, ApiError> {
     let order = state.orders.approve(&actor, &order_id).await?;
     Ok(order_response("Order approved successfully.", order))
 }
 
-async fn notifications(
+/// The caller's notifications, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/order/notification/{userTo}",
+    tag = "notifications",
+    security(("gatewayToken" = [], "userToken" = [])),
+    params(
+        ("userTo" = String, Path, min_length = 1, description = "The caller's own username"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, default 50"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9a-fA-F-]{1,64}$",
+            description = "`nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of notifications", body = NotificationPage),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or `userTo` is someone else", body = ErrorBody),
+    )
+)]
+pub async fn notifications(
     State(state): State<AppState>,
     User(actor): User,
-    Path(user_to): Path<String>,
+    PathParams(user_to): PathParams<String>,
     query: PageQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationPage>, ApiError> {
     let page = Page {
         limit: query.limit,
         cursor: query.cursor.as_deref(),
     };
     let notifications = state.notifications.list(&actor, &user_to, page).await?;
-    let next = (notifications.len() as i64 == query.limit)
+    let next_cursor = (notifications.len() as i64 == query.limit)
         .then(|| notifications.last().map(|n| n.id.clone()))
         .flatten();
-    Ok(Json(
-        json!({ "message": "Notifications", "notifications": notifications, "nextCursor": next }),
-    ))
+    Ok(Json(NotificationPage {
+        message: "Notifications".into(),
+        notifications,
+        next_cursor,
+    }))
 }
 
-async fn mark_as_read(
+/// Marks one of the caller's notifications as read.
+#[utoipa::path(
+    put,
+    path = "/api/v1/order/notification/mark-as-read",
+    tag = "notifications",
+    security(("gatewayToken" = [], "userToken" = [])),
+    request_body(content = MarkAsRead, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Read", body = NotificationReply),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 403, description = "Bad gateway token, or not the receiver", body = ErrorBody),
+        (status = 404, description = "No such notification", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+    )
+)]
+pub async fn mark_as_read(
     State(state): State<AppState>,
     User(actor): User,
     JsonBody(request, _): JsonBody<MarkAsRead>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationReply>, ApiError> {
     let notification = state
         .notifications
         .mark_as_read(&actor, &request.notification_id)
         .await?;
-    Ok(Json(
-        json!({ "message": "Notification updated successfully.", "notification": notification }),
-    ))
+    Ok(Json(NotificationReply {
+        message: "Notification updated successfully.".into(),
+        notification,
+    }))
 }
 
 #[cfg(test)]

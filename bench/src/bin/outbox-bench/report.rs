@@ -1,0 +1,252 @@
+//! The Markdown report: the results table with ratios and goals, and the
+//! tables that show where the time went (CPU per process, database
+//! commands per record and their latencies).
+
+use crate::phases::{Drain, EndToEnd, Http, Level, Outage, Throughput, Usage};
+use crate::sys::{ms, percentile};
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Results {
+    pub tx: Option<Throughput>,
+    pub broker: Option<Throughput>,
+    pub e2e: Option<EndToEnd>,
+    pub levels: Vec<Level>,
+    pub drain: Option<Drain>,
+    pub http: Option<Http>,
+    pub outage: Option<Outage>,
+}
+
+fn rate(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn pcts(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {} / p99 {} / p99.9 {} (n = {})",
+        ms(percentile(sorted, 50.0)),
+        ms(percentile(sorted, 99.0)),
+        ms(percentile(sorted, 99.9)),
+        sorted.len()
+    )
+}
+
+impl Results {
+    pub fn markdown(&self, args: &crate::cli::Args) -> String {
+        let mut out = String::new();
+        let raw_tx = self.tx.as_ref().map(Throughput::rate);
+        let raw_broker = self.broker.as_ref().map(Throughput::rate);
+        let _ = writeln!(out, "| # | measurement | result | ratio | goal | |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        if let Some(tx) = &self.tx {
+            let _ = writeln!(
+                out,
+                "| 1 | raw transactions: order + outbox record, {} producers, no relay | {} tx/s ({} in {:.1} s) | | | |",
+                args.concurrency,
+                rate(tx.rate()),
+                tx.count,
+                tx.elapsed.as_secs_f64()
+            );
+        }
+        if let Some(b) = &self.broker {
+            let _ = writeln!(
+                out,
+                "| 2 | raw broker: persistent publishes, confirms, {} in flight, durable queue consumed | {} msg/s ({} in {:.1} s) | | | |",
+                args.window,
+                rate(b.rate()),
+                b.count,
+                b.elapsed.as_secs_f64()
+            );
+        }
+        if let Some(e) = &self.e2e {
+            let floor = match (raw_tx, raw_broker) {
+                (Some(t), Some(b)) => Some(t.min(b)),
+                (Some(t), None) => Some(t),
+                (None, b) => b,
+            };
+            let ratio = floor.map(|f| e.throughput.rate() / f);
+            let _ = writeln!(
+                out,
+                "| 3 | end-to-end: committed and confirmed, {} producers, relay running | {} /s ({} in {:.1} s, lost {}); commit→confirm at full load {} | {} of min(1, 2) | ≥ 0.9 | {} |",
+                args.concurrency,
+                rate(e.throughput.rate()),
+                e.throughput.count,
+                e.throughput.elapsed.as_secs_f64(),
+                e.lost,
+                pcts(&e.latencies),
+                ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                ratio.map(|r| verdict(r >= 0.9)).unwrap_or_default(),
+            );
+        }
+        for (i, level) in self.levels.iter().enumerate() {
+            let p99 = percentile(&level.latencies, 99.0);
+            let (goal, met) = if (level.fraction - 0.5).abs() < 1e-9 {
+                ("p99 ≤ 20 ms", verdict(p99 <= Duration::from_millis(20)))
+            } else {
+                ("", "")
+            };
+            let _ = writeln!(
+                out,
+                "| 4{} | commit→confirm latency at {:.0} % of max ({} /s paced, {} /s achieved) | {} | | {goal} | {met} |",
+                ['a', 'b', 'c'].get(i).copied().unwrap_or('x'),
+                level.fraction * 100.0,
+                rate(level.target),
+                rate(level.achieved),
+                pcts(&level.latencies),
+            );
+        }
+        if let Some(d) = &self.drain {
+            let ratio = raw_broker.map(|b| d.rate() / b);
+            let _ = writeln!(
+                out,
+                "| 5 | backlog drain: {} records ({} per aggregate) committed while the broker was unreachable (staged in {:.1} s) | {} rec/s (drained in {:.1} s; first confirm {:.1} s after the broker returned); lost {}, out of order {}, duplicates {} | {} of 2 | ≥ 0.8 | {} |",
+                d.records,
+                args.drain_per_aggregate,
+                d.staged_in.as_secs_f64(),
+                rate(d.rate()),
+                d.drained_in.as_secs_f64(),
+                d.reconnect.as_secs_f64(),
+                d.lost,
+                d.out_of_order,
+                d.duplicates,
+                ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                ratio
+                    .map(|r| verdict(r >= 0.8 && d.lost == 0 && d.out_of_order == 0))
+                    .unwrap_or_default(),
+            );
+        }
+        if let Some(h) = &self.http {
+            let ratio = raw_tx.map(|t| h.throughput.rate() / t);
+            let _ = writeln!(
+                out,
+                "| 6 | HTTP POST /api/v1/order through the real router, {} clients | {} req/s, p50 {}, p99 {} ({} created, {} failed); RSS {:.0} MiB, peak {:.0} MiB (app + load generator in one process) | {} of 1 | ≥ 0.8 | {} |",
+                args.http_concurrency,
+                rate(h.throughput.rate()),
+                ms(percentile(&h.latencies, 50.0)),
+                ms(percentile(&h.latencies, 99.0)),
+                h.throughput.count,
+                h.failures,
+                h.rss.0,
+                h.rss.1,
+                ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                ratio.map(|r| verdict(r >= 0.8)).unwrap_or_default(),
+            );
+        }
+        if let Some(o) = &self.outage {
+            let _ = writeln!(
+                out,
+                "| 7 | broker cut off for {:.0} s of {:.0} s, {} orders/s each | outbox: {} committed, **{} lost**, {} duplicates, {} out of order; old commit-then-publish: {} committed, **{} lost**, {} errors logged | | nothing lost | {} |",
+                args.outage.as_secs_f64(),
+                args.outage_run.as_secs_f64(),
+                rate(o.rate),
+                o.outbox_committed,
+                o.outbox_lost,
+                o.outbox_duplicates,
+                o.outbox_out_of_order,
+                o.direct_committed,
+                o.direct_lost,
+                o.direct_errors,
+                verdict(o.outbox_lost == 0),
+            );
+        }
+        out.push_str(&self.usage_table());
+        out
+    }
+
+    fn usage_table(&self) -> String {
+        let mut rows: Vec<(String, &Usage, f64)> = Vec::new();
+        if let Some(t) = &self.tx {
+            rows.push(("1 raw transactions".into(), &t.usage, t.rate()));
+        }
+        if let Some(b) = &self.broker {
+            rows.push(("2 raw broker".into(), &b.usage, b.rate()));
+        }
+        if let Some(e) = &self.e2e {
+            rows.push((
+                "3 end-to-end".into(),
+                &e.throughput.usage,
+                e.throughput.rate(),
+            ));
+        }
+        for level in &self.levels {
+            rows.push((
+                format!("4 latency at {:.0} %", level.fraction * 100.0),
+                &level.usage,
+                level.achieved,
+            ));
+        }
+        if let Some(d) = &self.drain {
+            rows.push((
+                "5 drain (after the broker returned)".into(),
+                &d.usage,
+                d.rate(),
+            ));
+        }
+        if let Some(h) = &self.http {
+            rows.push((
+                "6 HTTP create".into(),
+                &h.throughput.usage,
+                h.throughput.rate(),
+            ));
+        }
+        let cpu = |v: Option<f64>| v.map(|v| format!("{v:.0} %")).unwrap_or("n/a".into());
+        let mut out = String::from(
+            "\nWhere the time goes (CPU in % of one core; 200 % is the whole machine):\n\n\
+             | phase | rate /s | this process | database server | RabbitMQ | DB commands per record | DB commands /s |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for (name, usage, r) in &rows {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                rate(*r),
+                cpu(usage.cpu.own),
+                cpu(usage.cpu.database),
+                cpu(usage.cpu.broker),
+                usage
+                    .commands_per_unit
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or("n/a".into()),
+                usage
+                    .commands_per_unit
+                    .map(|c| format!("{:.0}", c * r))
+                    .unwrap_or("n/a".into()),
+            );
+        }
+        let detailed: Vec<&(String, &Usage, f64)> = rows
+            .iter()
+            .filter(|(_, u, _)| !u.commands.is_empty())
+            .collect();
+        if !detailed.is_empty() {
+            out.push_str(
+                "\nDatabase round trips as the driver timed them (p50 / p99, count):\n\n\
+                 | phase | command | p50 | p99 | count |\n|---|---|---|---|---|\n",
+            );
+            for (name, usage, _) in detailed {
+                let mut commands: Vec<(&String, &Vec<Duration>)> = usage.commands.iter().collect();
+                commands.sort_by_key(|(_, d)| std::cmp::Reverse(d.len()));
+                for (command, durations) in commands {
+                    let mut sorted = durations.clone();
+                    sorted.sort();
+                    let _ = writeln!(
+                        out,
+                        "| {name} | {command} | {} | {} | {} |",
+                        ms(percentile(&sorted, 50.0)),
+                        ms(percentile(&sorted, 99.0)),
+                        sorted.len()
+                    );
+                }
+            }
+        }
+        out
+    }
+}

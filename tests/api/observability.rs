@@ -1,0 +1,222 @@
+//! What operators see: /metrics with every name the Grafana dashboard uses,
+//! a real Prometheus scraping the service, the trace context carried from a
+//! request to the AMQP messages it caused, and a valid compose file.
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+async fn metrics_text(app: &TestApp) -> String {
+    let reply = app
+        .send(app.http.get(format!("{}/metrics", app.address)))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body.as_str().unwrap_or_default().to_string()
+}
+
+/// Names exported, from the exposition's `# TYPE` lines.
+fn exported(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Metric names in the dashboard's PromQL expressions; histogram series
+/// suffixes map back to their family.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/dashboards/order-service.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard file"))
+            .expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    let pattern = regex::Regex::new(r"\b([a-z][a-z0-9_]*?(?:_total|_seconds|_pending|_parked|_state|_connections|_up))(?:_bucket|_sum|_count)?\b").expect("regex");
+    exprs
+        .iter()
+        .flat_map(|e| {
+            pattern
+                .captures_iter(e)
+                .map(|c| c[1].to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_uses_is_exported() {
+    let app = spawn_app().await;
+    let order = app.new_order("obs-1", "una", "vic", 100.0).await;
+    app.pay("una", &order).await;
+    let text = metrics_text(&app).await;
+    let exported = exported(&text);
+    let used = dashboard_metrics();
+    assert!(
+        used.len() >= 10,
+        "the dashboard uses the service's metrics: {used:?}"
+    );
+    let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard metrics not exported: {missing:?}"
+    );
+    assert!(
+        text.contains(r#"http_requests_total{method="POST",route="/api/v1/order",status="201"} 1"#),
+        "route label is the matched route"
+    );
+    assert!(text.contains("outbox_pending "));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_outbox_backlog() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("prom-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let target = app.address.trim_start_matches("http://");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: order-service\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus is installed by scripts/deps.sh prometheus");
+    let query = format!("http://127.0.0.1:{port}/api/v1/query?query=outbox_pending");
+    let mut value = None;
+    for _ in 0..120 {
+        if let Ok(response) = app.http.get(&query).send().await
+            && let Ok(body) = response.json::<serde_json::Value>().await
+            && let Some(sample) = body["data"]["result"].get(0)
+        {
+            value = sample["value"][1].as_str().map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = prometheus.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        value.as_deref(),
+        Some("0"),
+        "Prometheus read the outbox backlog from the service"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_request_traceparent_travels_to_the_amqp_messages() {
+    let app = spawn_app().await;
+    let tap = EventTap::start(&app).await;
+    let order = app.new_order("trace-1", "wes", "xia", 100.0).await;
+    let payment = app.payment_for(&order);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = app
+        .send(
+            app.http
+                .put(format!(
+                    "{}/api/v1/order/verify/{payment}/{}",
+                    app.address,
+                    order["flutterwave"]["txRef"].as_str().unwrap()
+                ))
+                .header("gatewaytoken", gateway_token("order"))
+                .bearer_auth(user_token("wes"))
+                .header("traceparent", traceparent)
+                .header("x-correlation-id", "corr-trace-1"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let received = tap
+        .wait_until(Duration::from_secs(20), |_| {
+            tap.for_order(&order).len() >= 3
+        })
+        .await;
+    drop(received);
+    for message in tap.for_order(&order) {
+        let headers = message.properties.headers().as_ref().expect("headers");
+        let value = match headers.inner().get("traceparent") {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).to_string()
+            }
+            other => panic!("traceparent header missing: {other:?}"),
+        };
+        assert_eq!(value, traceparent);
+        assert_eq!(
+            message
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some("corr-trace-1")
+        );
+    }
+    app.shutdown().await;
+}
+
+#[test]
+fn the_compose_file_is_valid_and_names_every_service() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = std::process::Command::new("docker-compose")
+        .args(["-f", "docker-compose.yaml", "config", "--services"])
+        .current_dir(root)
+        .output()
+        .expect("docker-compose is installed by scripts/deps.sh docker-compose");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let services = String::from_utf8_lossy(&output.stdout).to_string();
+    for service in [
+        "mongo",
+        "rabbitmq",
+        "elasticsearch",
+        "kibana",
+        "prometheus",
+        "grafana",
+        "flutterwave-sim",
+        "order-service",
+    ] {
+        assert!(
+            services.lines().any(|l| l.trim() == service),
+            "{service} missing from compose: {services}"
+        );
+    }
+}
