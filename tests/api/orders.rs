@@ -700,3 +700,56 @@ async fn health_and_admin_routes() {
     assert_eq!(nowhere.body["status"], "error");
     app.shutdown().await;
 }
+
+/// A stand-in for Cloudinary's signed upload API: checks the signature the
+/// way Cloudinary does (sha1 of the sorted parameters plus the secret).
+async fn fake_cloudinary(secret: &'static str) -> String {
+    use sha1::{Digest, Sha1};
+    let router = axum::Router::new().route(
+        "/{cloud}/auto/upload",
+        axum::routing::post(move |axum::extract::Path(cloud): axum::extract::Path<String>, axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| async move {
+            let expected = format!("{:x}", Sha1::digest(format!("timestamp={}{secret}", form["timestamp"]).as_bytes()));
+            if form.get("signature") != Some(&expected) || !form["file"].starts_with("data:") || form["api_key"] != "test-key" {
+                return (reqwest::StatusCode::UNAUTHORIZED, axum::Json(json!({ "error": { "message": "Invalid Signature" } })));
+            }
+            (reqwest::StatusCode::OK, axum::Json(json!({ "secure_url": format!("https://res.cloudinary.test/{cloud}/work.zip") })))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test]
+async fn a_delivered_data_uri_is_uploaded_and_replaced_by_its_url() {
+    let cloudinary = fake_cloudinary("test-secret").await;
+    let app = spawn_app_with(Options {
+        extra_env: vec![
+            ("CLOUD_NAME", "demo".into()),
+            ("CLOUD_API_KEY", "test-key".into()),
+            ("CLOUD_API_SECRET", "test-secret".into()),
+            ("CLOUDINARY_API_URL", cloudinary),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let id = oid();
+    let order = app.new_order(&id, "quil", "rhea", 100.0).await;
+    app.pay("quil", &order).await;
+    let body = json!({ "message": "Done", "file": "data:application/zip;base64,UEsDBA==", "fileType": "zip", "fileSize": 4, "fileName": "work.zip" });
+    let delivered = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/order/deliver-order/{id}"),
+            Some("rhea"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(delivered.status, StatusCode::OK, "{}", delivered.body);
+    assert_eq!(
+        delivered.body["order"]["deliveredWork"][0]["file"],
+        "https://res.cloudinary.test/demo/work.zip"
+    );
+    app.shutdown().await;
+}
