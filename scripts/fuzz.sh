@@ -108,6 +108,8 @@ pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=5000).drop_database(sy
   exit "$status"
 }
 trap cleanup EXIT
+# Ctrl-C or a TERM still stops both processes and drops the database.
+trap 'exit 130' INT TERM
 
 log "starting the Flutterwave simulator on 127.0.0.1:$SIM_PORT"
 "$BIN/flutterwave-sim" --addr "127.0.0.1:$SIM_PORT" --secret-key "$FLW_KEY" \

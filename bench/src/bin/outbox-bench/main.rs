@@ -36,7 +36,7 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let watched = sys::Watched::find();
+    let watched = sys::Watched::find(&args.mongo);
     let bench = harness::Bench::connect(args.clone()).await?;
     // Interrupted, the run still drops what it made.
     let result = tokio::select! {

@@ -31,8 +31,8 @@ pub fn machine() -> String {
     )
 }
 
-/// The first process whose command line contains `needle`.
-pub fn find_process(needle: &str) -> Option<(u32, String)> {
+/// The first process whose command line contains every one of `needles`.
+pub fn find_process(needles: &[&str]) -> Option<(u32, String)> {
     let own = std::process::id();
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
@@ -46,7 +46,7 @@ pub fn find_process(needle: &str) -> Option<(u32, String)> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(needle) {
+        if needles.iter().all(|n| cmdline.contains(n)) {
             return Some((pid, cmdline.trim().to_string()));
         }
     }
@@ -79,12 +79,20 @@ pub struct Watched {
 }
 
 impl Watched {
-    pub fn find() -> Self {
+    /// The database server listening on `mongo` (host:port), found by its
+    /// command line, and the RabbitMQ node.
+    pub fn find(mongo: &str) -> Self {
+        let port = mongo.rsplit(':').next().unwrap_or("27017");
+        let server = |name: &str| {
+            find_process(&[name, &format!("--port {port}")])
+                .or_else(|| find_process(&[name, &format!("--port={port}")]))
+                .or_else(|| (port == "27017").then(|| find_process(&[name])).flatten())
+        };
         Self {
-            database: find_process("secantusd")
-                .or_else(|| find_process("mongod"))
+            database: server("secantusd")
+                .or_else(|| server("mongod"))
                 .map(|(pid, _)| pid),
-            broker: find_process("beam.smp").map(|(pid, _)| pid),
+            broker: find_process(&["beam.smp"]).map(|(pid, _)| pid),
         }
     }
 
