@@ -7,12 +7,15 @@
 # body schema). Exits non-zero on any failure.
 #
 #   scripts/fuzz.sh                              the CI budget (fixed seed)
-#   FUZZ_MAX_EXAMPLES=2000 FUZZ_SEED=$RANDOM scripts/fuzz.sh   a longer campaign
+#   FUZZ_SEED=$RANDOM FUZZ_MAX_EXAMPLES=300 scripts/fuzz.sh     a longer campaign
+#   FUZZ_SEED=$RANDOM FUZZ_MAX_TIME=3600 scripts/fuzz.sh        an hour of it
 #
 # Settings (environment):
 #   FUZZ_MAX_EXAMPLES  examples per operation and phase (default 50)
 #   FUZZ_SEED          hypothesis seed (default 20261127): same seed, same requests
 #   FUZZ_PHASES        schemathesis phases (default examples,coverage,fuzzing)
+#   FUZZ_MAX_TIME      seconds: keep fuzzing until they are spent (unset: stop
+#                      after the examples)
 #   FUZZ_PROFILE       debug (default) or release: which build to run
 #   FUZZ_REPORT_DIR    where the JUnit report and the HAR of every request go
 #                      (default $CARGO_TARGET_DIR/fuzz-report)
@@ -165,6 +168,10 @@ mkdir -p "$REPORT_DIR"
 log "schemathesis $SCHEMATHESIS_VERSION: seed $SEED, up to $MAX_EXAMPLES examples per operation and phase ($PHASES)"
 started=$SECONDS
 status=0
+extra=()
+if [ -n "${FUZZ_MAX_TIME:-}" ]; then
+  extra+=(--max-time "$FUZZ_MAX_TIME")
+fi
 "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" \
   run "http://127.0.0.1:$PORT/api-docs/openapi.json" \
   --checks "$CHECKS" \
@@ -180,7 +187,8 @@ status=0
   -H "gatewaytoken: $GATEWAY_TOKEN" \
   -H "Authorization: Bearer $USER_TOKEN" \
   -H "verif-hash: $WEBHOOK_HASH" \
-  -H "x-admin-token: $ADMIN_TOKEN" || status=$?
+  -H "x-admin-token: $ADMIN_TOKEN" \
+  "${extra[@]}" || status=$?
 log "schemathesis finished in $((SECONDS - started)) s with status $status (reports in $REPORT_DIR)"
 # What the service answered, so a run that only ever met 401s or 404s shows.
 python3 - "$REPORT_DIR/requests.har" <<'PY' || true

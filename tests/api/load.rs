@@ -15,6 +15,8 @@ async fn two_hundred_concurrent_orders_keep_every_event_in_order() {
         extra_env: vec![
             ("FLUTTERWAVE_RATE_PER_SEC", "10000".into()),
             ("FLUTTERWAVE_RATE_BURST", "10000".into()),
+            // A slow shared database under parallel tests must not turn into 503s here.
+            ("REQUEST_TIMEOUT_MS", "300000".into()),
         ],
         ..Options::default()
     })

@@ -572,7 +572,7 @@ async fn five_hundred_reviews_are_applied_exactly_once_across_a_broker_outage() 
     })
     .await;
     proxy.restore();
-    eventually("all 500 reviews", 180, || async {
+    eventually("all 500 reviews", 420, || async {
         inbox_entries(&app).await == messages.len() as u64
     })
     .await;
