@@ -390,7 +390,7 @@ async fn a_lease_held_by_a_dead_instance_delays_its_aggregates_until_it_runs_out
     .with_broker(env.broker())
     .with_observer(tally.clone());
     let handle = survivor.start(CancellationToken::new());
-    env.wait_until_delivered(Duration::from_secs(30)).await;
+    env.wait_until_delivered(Duration::from_secs(60)).await;
     handle.shutdown().await;
 
     let first = tally.first.lock().expect("tally").clone();
@@ -510,7 +510,7 @@ async fn a_relay_killed_mid_delivery_is_taken_over_after_its_lease_with_nothing_
     .with_handler("refund", works.clone())
     .with_observer(tally.clone());
     let handle = survivor.start(CancellationToken::new());
-    env.wait_until_delivered(Duration::from_secs(30)).await;
+    env.wait_until_delivered(Duration::from_secs(60)).await;
     let drained = started.elapsed();
     handle.shutdown().await;
 

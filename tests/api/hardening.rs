@@ -254,7 +254,7 @@ async fn responses_carry_security_headers_and_cors_answers_only_the_gateway() {
 async fn a_request_that_runs_too_long_gets_503_with_the_json_error() {
     let app = spawn_app_with(Options {
         extra_env: vec![
-            ("REQUEST_TIMEOUT_MS", "400".into()),
+            ("REQUEST_TIMEOUT_MS", "2000".into()),
             ("FLUTTERWAVE_TIMEOUT_MS", "10000".into()),
         ],
         ..Options::default()
@@ -277,10 +277,17 @@ async fn a_request_that_runs_too_long_gets_503_with_the_json_error() {
     is_error_json(&reply, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.body["message"], "Request timed out");
     assert_eq!(reply.headers["retry-after"], "1");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
     app.sim.sim().set_faults(flutterwave_sim::Faults::default());
-    let stored = app.get("alice", "slow-1").await;
-    assert_eq!(stored.body["order"]["status"], "AWAITING_PAYMENT");
+    // Read behind the service's back: a loaded machine may time this out too.
+    let stored = app
+        .db
+        .collection::<bson::Document>("orders")
+        .find_one(bson::doc! { "orderId": "slow-1" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.get_str("status").unwrap(), "AWAITING_PAYMENT");
     app.shutdown().await;
 }
 

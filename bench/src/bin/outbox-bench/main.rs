@@ -37,6 +37,7 @@ async fn main() -> Result<(), BoxError> {
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let watched = sys::Watched::find(&args.mongo);
+    let load_before = sys::load_average();
     let bench = harness::Bench::connect(args.clone()).await?;
     // Interrupted, the run still drops what it made.
     let result = tokio::select! {
@@ -48,6 +49,10 @@ async fn main() -> Result<(), BoxError> {
 
     println!("## Outbox benchmark\n");
     println!("Machine: {}", sys::machine());
+    println!(
+        "Load average (1 min) before / after the run: {load_before} / {}",
+        sys::load_average()
+    );
     let describe = |pid: Option<u32>| {
         pid.and_then(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))

@@ -31,6 +31,14 @@ pub fn machine() -> String {
     )
 }
 
+/// The 1-minute load average: other work on the machine skews every figure.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The first process whose command line contains every one of `needles`.
 pub fn find_process(needles: &[&str]) -> Option<(u32, String)> {
     let own = std::process::id();
