@@ -67,6 +67,9 @@ pub struct Config {
     /// because the URL may carry a password.
     pub redis_url: Option<Secret>,
     pub elastic_search_url: Option<String>,
+    /// Log lines held while Elasticsearch is away (`ELASTIC_LOG_BUFFER_LINES`);
+    /// older ones are dropped and counted past it.
+    pub elastic_log_buffer: usize,
     pub flutterwave_secret_key: Secret,
     pub flutterwave_api_url: String,
     pub flutterwave_webhook_hash: Secret,
@@ -242,6 +245,7 @@ impl Config {
                 Some(_) => Some(Secret(vars.url("REDIS_URL", "", &["redis://"])?)),
             },
             elastic_search_url: vars.optional_url("ELASTIC_SEARCH_URL")?,
+            elastic_log_buffer: vars.parse("ELASTIC_LOG_BUFFER_LINES", 10_000)?,
             flutterwave_secret_key: secret(
                 "FLUTTERWAVE_SECRET_KEY",
                 "FLWSECK_TEST-local-simulator",

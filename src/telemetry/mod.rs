@@ -24,7 +24,10 @@ pub fn init(config: &Config, dropped: IntCounter) -> Option<elastic::Shipper> {
     };
     let (elastic, shipper) = match &config.elastic_search_url {
         Some(url) => match elastic::layer(
-            elastic::ShipperConfig::new(url, &config.instance_id),
+            elastic::ShipperConfig {
+                capacity: config.elastic_log_buffer,
+                ..elastic::ShipperConfig::new(url, &config.instance_id)
+            },
             dropped,
         ) {
             Ok((layer, shipper)) => (Some(layer), Some(shipper)),
