@@ -19,13 +19,15 @@ COPY Cargo.toml Cargo.lock ./
 COPY outbox/Cargo.toml outbox/Cargo.toml
 COPY flutterwave-sim/Cargo.toml flutterwave-sim/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
-RUN mkdir -p src outbox/src flutterwave-sim/src bench/src \
+COPY chaos/Cargo.toml chaos/Cargo.toml
+RUN mkdir -p src outbox/src flutterwave-sim/src bench/src chaos/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && touch outbox/src/lib.rs \
  && echo 'fn main() {}' > flutterwave-sim/src/main.rs && touch flutterwave-sim/src/lib.rs \
  && echo 'fn main() {}' > bench/src/main.rs \
+ && echo 'fn main() {}' > chaos/src/main.rs \
  && cargo build --release --locked -p order-service -p flutterwave-sim \
- && rm -rf src outbox/src flutterwave-sim/src bench/src
+ && rm -rf src outbox/src flutterwave-sim/src bench/src chaos/src
 
 # 2. The real sources. touch: the copied files may be older than the stub
 #    builds above, and cargo must not take the stubs for up to date.
@@ -33,6 +35,7 @@ COPY src src
 COPY outbox outbox
 COPY flutterwave-sim flutterwave-sim
 COPY bench bench
+COPY chaos chaos
 RUN find src outbox/src flutterwave-sim/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p order-service -p flutterwave-sim \
  && cp target/release/order-service target/release/flutterwave-sim /usr/local/bin/

@@ -2,7 +2,7 @@
 //! and every event they cause, delivered through a transactional outbox.
 //!
 //! - [`config`] - environment to typed configuration;
-//! - [`app`] - wiring and graceful shutdown;
+//! - [`app`] - wiring and graceful shutdown; [`entry`] - the process entry;
 //! - [`http`] - routes, authentication, the error boundary;
 //! - [`orders`] - the domain (model, state machine, fees, events, commands);
 //! - [`payments`] - Flutterwave client, payment checks, refunds;
@@ -18,6 +18,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod consumers;
+pub mod entry;
 pub mod http;
 pub mod notifications;
 pub mod orders;

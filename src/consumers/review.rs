@@ -220,6 +220,8 @@ impl ReviewConsumer {
         };
         match copied {
             Ok(()) => {
+                // Chaos: the process dies after the review's commit, before its ack.
+                fail::fail_point!("review-before-ack", |_| std::process::abort());
                 // A failed ack is redelivered later; the inbox (or one more
                 // copy in the retry queue or DLQ) absorbs it.
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {

@@ -134,6 +134,8 @@ impl Orders {
     }
 
     pub(crate) fn committed(&self) {
+        // Chaos: the process dies after its commit, before its relay publishes.
+        fail::fail_point!("order-committed", |_| std::process::abort());
         if let Some(waker) = &self.waker {
             waker.wake();
         }

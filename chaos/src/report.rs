@@ -1,0 +1,86 @@
+//! The run's output: a Markdown table (also printed) and a JSON file.
+
+use crate::scenario::FaultRun;
+use serde::Serialize;
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub started_at: String,
+    pub orders_per_fault: usize,
+    pub runs: Vec<FaultRun>,
+    /// Faults of the issue's list that this suite cannot inject yet.
+    pub pending: Vec<String>,
+    pub passed: bool,
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Chaos run ({} mode, {}; {} orders per fault): **{}**\n",
+            self.mode,
+            self.started_at,
+            self.orders_per_fault,
+            if self.passed { "PASSED" } else { "FAILED" }
+        );
+        out.push_str(
+            "| fault | events expected | received | lost | redelivered | duplicated | doubled effects | out of order | phantom | stuck | recovery (s) | result |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        );
+        for run in &self.runs {
+            let c = &run.counts;
+            let recovery = run
+                .recovery_secs
+                .map_or("never".to_string(), |s| format!("{s:.1}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                run.fault,
+                c.events_expected,
+                c.events_received,
+                c.lost,
+                c.redelivered,
+                c.duplicated,
+                c.doubled_effects,
+                c.out_of_order,
+                c.phantom,
+                c.stuck,
+                recovery,
+                if run.passed { "pass" } else { "FAIL" },
+            );
+        }
+        out.push_str("\nFaults:\n");
+        for run in &self.runs {
+            let _ = write!(out, "- `{}`: {}", run.fault, run.description);
+            if !run.note.is_empty() {
+                let _ = write!(out, " ({})", run.note);
+            }
+            let _ = writeln!(out, "; {:.0} s.", run.duration_secs);
+            for stuck in run.counts.stuck_orders.iter().take(5) {
+                let _ = writeln!(out, "  - stuck: {stuck}");
+            }
+            for failure in run.workload_failures.iter().take(5) {
+                let _ = writeln!(out, "  - workload step gave up: {failure}");
+            }
+        }
+        if !self.pending.is_empty() {
+            out.push_str("\nPending (not injected yet):\n");
+            for p in &self.pending {
+                let _ = writeln!(out, "- {p}");
+            }
+        }
+        out
+    }
+
+    /// Writes `chaos-<mode>.md` and `chaos-<mode>.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(format!("chaos-{}.md", self.mode)), self.markdown())?;
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join(format!("chaos-{}.json", self.mode)), json)
+    }
+}
