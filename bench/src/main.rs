@@ -14,10 +14,10 @@
 //! - [`trigger`]: causing notifications through the API.
 
 mod service;
-mod socket;
 mod trigger;
 
 use futures::StreamExt;
+use realtime_bench::socket;
 use service::{Launch, Service};
 use std::collections::HashMap;
 use std::path::PathBuf;

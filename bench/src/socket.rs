@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Debug)]
 pub struct Received {
     pub order_id: String,
+    /// The notification's `_id`: clients drop duplicates by it.
+    pub notification_id: Option<String>,
     /// The notification's `createdAt`, set in the service's transaction.
     pub created_at: Option<SystemTime>,
     pub at: Instant,
@@ -90,6 +92,13 @@ fn notification(body: &str, at: Instant, wall: SystemTime) -> Option<Received> {
         return None;
     }
     let order_id = packet.get(1)?.get("orderId")?.as_str()?.to_string();
+    let field = |name: &str| {
+        packet
+            .get(2)
+            .and_then(|n| n.get(name))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
     let created_at = packet
         .get(2)
         .and_then(|n| n.get("createdAt"))
@@ -98,6 +107,7 @@ fn notification(body: &str, at: Instant, wall: SystemTime) -> Option<Received> {
         .map(SystemTime::from);
     Some(Received {
         order_id,
+        notification_id: field("_id"),
         created_at,
         at,
         wall,

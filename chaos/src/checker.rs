@@ -3,6 +3,7 @@
 //! and counts every way a run can be wrong. Pure, so that each count is
 //! unit-tested on hand-made histories.
 
+use crate::listeners::Heard;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -12,6 +13,8 @@ pub struct Committed {
     pub message_id: String,
     pub aggregate_id: String,
     pub seq: i64,
+    /// The commit's time (Unix milliseconds).
+    pub committed_at_ms: i64,
     /// What the message means to a peer (routing key + type or template +
     /// receiver): two committed records with the same meaning for one order
     /// are one business effect staged twice.
@@ -33,15 +36,29 @@ pub struct OrderOutcome {
     pub review_stored: bool,
 }
 
+/// A notification as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoredNotification {
+    pub id: String,
+    pub order_id: String,
+    pub user_to: String,
+    pub message: String,
+}
+
 /// Everything the checker reads.
 #[derive(Debug, Default)]
 pub struct GroundTruth {
     pub committed: Vec<Committed>,
     /// Message ids in the order the peers received them, redeliveries included.
     pub received: Vec<String>,
+    /// When each message id first arrived (Unix milliseconds).
+    pub first_arrivals: HashMap<String, i64>,
     pub orders: Vec<OrderOutcome>,
-    /// Notifications per (order, recipient, text), from the database.
-    pub notifications: Vec<(String, String, String)>,
+    pub notifications: Vec<StoredNotification>,
+    /// What the Socket.IO listeners received, and the users whose listener
+    /// stayed connected throughout.
+    pub heard: Vec<Heard>,
+    pub steady_listeners: Vec<String>,
     /// Outbox records still pending or parked when the run ended.
     pub undelivered: usize,
 }
@@ -68,6 +85,19 @@ pub struct Counts {
     /// Outbox records (any destination) pending or parked at the end; their
     /// AMQP ones are also counted as lost.
     pub undelivered: usize,
+    /// The longest any committed message waited for its first receipt, in
+    /// milliseconds: how long the fault held events up.
+    pub worst_delay_ms: i64,
+    /// Notifications for users whose socket stayed up, and how many of them
+    /// their user heard.
+    pub socket_expected: usize,
+    pub socket_heard: usize,
+    /// A steady listener never heard a notification meant for it.
+    pub socket_lost: usize,
+    /// A listener heard another user's notification.
+    pub socket_misdirected: usize,
+    /// A listener heard a notification the database does not hold.
+    pub socket_phantom: usize,
     /// What each stuck order lacks, for the report.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stuck_orders: Vec<String>,
@@ -82,6 +112,9 @@ impl Counts {
             + self.out_of_order
             + self.phantom
             + self.stuck
+            + self.socket_lost
+            + self.socket_misdirected
+            + self.socket_phantom
     }
 }
 
@@ -129,9 +162,11 @@ pub fn check(truth: &GroundTruth) -> Counts {
     }
     let duplicated = meanings.values().map(|n| n.saturating_sub(1)).sum();
 
-    let mut notified: HashMap<&(String, String, String), usize> = HashMap::new();
+    let mut notified: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for n in &truth.notifications {
-        *notified.entry(n).or_default() += 1;
+        *notified
+            .entry((&n.order_id, &n.user_to, &n.message))
+            .or_default() += 1;
     }
     let doubled_notifications: usize = notified.values().map(|n| n.saturating_sub(1)).sum();
     let doubled_refunds: usize = truth
@@ -142,7 +177,21 @@ pub fn check(truth: &GroundTruth) -> Counts {
 
     let stuck_orders: Vec<String> = truth.orders.iter().filter_map(stuck_reason).collect();
 
+    let worst_delay_ms = truth
+        .committed
+        .iter()
+        .filter_map(|c| Some(truth.first_arrivals.get(&c.message_id)? - c.committed_at_ms))
+        .max()
+        .unwrap_or(0)
+        .max(0);
+    let sockets = check_sockets(truth);
     Counts {
+        worst_delay_ms,
+        socket_expected: sockets.expected,
+        socket_heard: sockets.heard,
+        socket_lost: sockets.lost,
+        socket_misdirected: sockets.misdirected,
+        socket_phantom: sockets.phantom,
         events_expected: truth.committed.len(),
         events_received,
         lost,
@@ -155,6 +204,50 @@ pub fn check(truth: &GroundTruth) -> Counts {
         undelivered: truth.undelivered,
         stuck_orders,
     }
+}
+
+#[derive(Default)]
+struct SocketCounts {
+    expected: usize,
+    heard: usize,
+    lost: usize,
+    misdirected: usize,
+    phantom: usize,
+}
+
+fn check_sockets(truth: &GroundTruth) -> SocketCounts {
+    let stored: HashMap<&str, &StoredNotification> = truth
+        .notifications
+        .iter()
+        .map(|n| (n.id.as_str(), n))
+        .collect();
+    let mut counts = SocketCounts::default();
+    let mut rightly_heard: HashSet<&str> = HashSet::new();
+    for h in &truth.heard {
+        match stored.get(h.notification_id.as_str()) {
+            None => counts.phantom += 1,
+            Some(n) if !n.user_to.eq_ignore_ascii_case(&h.listener) => counts.misdirected += 1,
+            Some(n) => {
+                rightly_heard.insert(n.id.as_str());
+            }
+        }
+    }
+    let steady: HashSet<String> = truth
+        .steady_listeners
+        .iter()
+        .map(|u| u.to_lowercase())
+        .collect();
+    for n in &truth.notifications {
+        if steady.contains(&n.user_to.to_lowercase()) {
+            counts.expected += 1;
+            if rightly_heard.contains(n.id.as_str()) {
+                counts.heard += 1;
+            } else {
+                counts.lost += 1;
+            }
+        }
+    }
+    counts
 }
 
 /// Why `o` did not end as planned, if it did not.
@@ -183,6 +276,7 @@ mod tests {
             message_id: id.into(),
             aggregate_id: order.into(),
             seq,
+            committed_at_ms: 1_000 * seq,
             meaning: meaning.into(),
         }
     }
@@ -197,6 +291,48 @@ mod tests {
             review_expected: false,
             review_stored: false,
         }
+    }
+
+    fn notification(id: &str, user_to: &str) -> StoredNotification {
+        StoredNotification {
+            id: id.into(),
+            order_id: "A".into(),
+            user_to: user_to.into(),
+            message: "paid".into(),
+        }
+    }
+
+    fn heard(listener: &str, id: &str) -> Heard {
+        Heard {
+            listener: listener.into(),
+            notification_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn sockets_count_lost_misdirected_and_phantom_emits() {
+        let mut truth = history();
+        truth.notifications = vec![
+            notification("n1", "bob"),
+            notification("n2", "Alice"),
+            notification("n3", "carol"),
+        ];
+        truth.steady_listeners = vec!["bob".into(), "alice".into()];
+        truth.heard = vec![
+            heard("bob", "n1"),
+            heard("bob", "n1"),
+            heard("alice", "n1"),
+            heard("bob", "zz"),
+        ];
+        let counts = check(&truth);
+        // n1 heard by bob; n2 never heard by steady alice; carol is not steady.
+        assert_eq!(counts.socket_expected, 2);
+        assert_eq!(counts.socket_heard, 1);
+        assert_eq!(counts.socket_lost, 1);
+        assert_eq!(counts.socket_misdirected, 1);
+        assert_eq!(counts.socket_phantom, 1);
+        truth.heard = vec![heard("bob", "n1"), heard("alice", "n2")];
+        assert_eq!(check(&truth).violations(), 0);
     }
 
     fn history() -> GroundTruth {
@@ -218,6 +354,16 @@ mod tests {
         assert_eq!(counts.violations(), 0, "{counts:?}");
         assert_eq!(counts.events_expected, 3);
         assert_eq!(counts.events_received, 3);
+    }
+
+    #[test]
+    fn the_worst_delay_is_the_longest_wait_for_a_first_receipt() {
+        let mut truth = history();
+        // a2 was committed at 2 000 ms; b1 at 1 000 ms.
+        truth.first_arrivals = [("a2".to_string(), 2_500), ("b1".to_string(), 4_000)]
+            .into_iter()
+            .collect();
+        assert_eq!(check(&truth).worst_delay_ms, 3_000);
     }
 
     #[test]
@@ -274,8 +420,7 @@ mod tests {
         let mut truth = history();
         truth.orders[0].refunds_expected = 1;
         truth.orders[0].refunds_applied = 2;
-        let note = ("A".to_string(), "bob".to_string(), "paid".to_string());
-        truth.notifications = vec![note.clone(), note];
+        truth.notifications = vec![notification("n1", "bob"), notification("n2", "bob")];
         assert_eq!(check(&truth).doubled_effects, 2);
     }
 

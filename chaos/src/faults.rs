@@ -191,7 +191,7 @@ impl Fault {
                 }
                 pause(2).await;
                 match first.spawn(&[]).await {
-                    Ok(()) => "instance 1 aborted at the failpoint; restarted".into(),
+                    Ok(()) => "instance 1 aborted at the failpoint and was restarted".into(),
                     Err(e) => format!("instance 1 aborted; restart failed: {e}"),
                 }
             }

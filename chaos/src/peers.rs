@@ -13,22 +13,38 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use order_service::orders::events::{Exchanges, ORDER_EMAIL, USER_BUYER, USER_SELLER};
 use outbox::{ExchangeSpec, Topology};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Message ids in arrival order, redeliveries included.
+/// Message ids in arrival order, redeliveries included, with the arrival
+/// time (Unix milliseconds).
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<String>>>);
+pub struct Received(Arc<Mutex<Vec<(String, i64)>>>);
 
 impl Received {
     pub fn snapshot(&self) -> Vec<String> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|v| v.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// When each message id first arrived.
+    pub fn first_arrivals(&self) -> HashMap<String, i64> {
+        let mut first = HashMap::new();
+        if let Ok(v) = self.0.lock() {
+            for (id, at) in v.iter() {
+                first.entry(id.clone()).or_insert(*at);
+            }
+        }
+        first
     }
 
     fn push(&self, id: String) {
         if let Ok(mut v) = self.0.lock() {
-            v.push(id);
+            v.push((id, chrono::Utc::now().timestamp_millis()));
         }
     }
 }
@@ -50,9 +66,16 @@ pub async fn start_consumer(
     let _ = connection.close(200, "declared".into()).await;
     let sink = received.clone();
     let task = tokio::spawn(async move {
+        // One line per outage, not one per reconnect attempt.
+        let mut last_error = String::new();
         while !stop.is_cancelled() {
-            if let Err(e) = consume(&amqp_url, &prefix, &queue, &sink, &stop).await {
-                eprintln!("chaos: peer consumer: {e}; reconnecting");
+            match consume(&amqp_url, &prefix, &queue, &sink, &stop).await {
+                Err(e) if e.to_string() != last_error => {
+                    last_error = e.to_string();
+                    eprintln!("chaos: peer consumer: {e}; reconnecting");
+                }
+                Err(_) => {}
+                Ok(()) => last_error.clear(),
             }
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -28,17 +28,17 @@ impl Report {
             if self.passed { "PASSED" } else { "FAILED" }
         );
         out.push_str(
-            "| fault | events expected | received | lost | redelivered | duplicated | doubled effects | out of order | phantom | stuck | recovery (s) | result |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+            "| fault | events expected | received | lost | redelivered | duplicated | doubled effects | out of order | phantom | stuck | socket heard / expected | socket lost, misdirected, phantom | worst delay (s) | settled (s) | result |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         );
         for run in &self.runs {
             let c = &run.counts;
-            let recovery = run
-                .recovery_secs
+            let settled = run
+                .settled_secs
                 .map_or("never".to_string(), |s| format!("{s:.1}"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {}, {}, {} | {:.1} | {} | {} |",
                 run.fault,
                 c.events_expected,
                 c.events_received,
@@ -49,7 +49,13 @@ impl Report {
                 c.out_of_order,
                 c.phantom,
                 c.stuck,
-                recovery,
+                c.socket_heard,
+                c.socket_expected,
+                c.socket_lost,
+                c.socket_misdirected,
+                c.socket_phantom,
+                c.worst_delay_ms as f64 / 1000.0,
+                settled,
                 if run.passed { "pass" } else { "FAIL" },
             );
         }

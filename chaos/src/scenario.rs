@@ -5,10 +5,12 @@
 use crate::checker::{self, Counts};
 use crate::faults::Fault;
 use crate::instance::Instance;
+use crate::listeners::Listeners;
 use crate::peers::{self, Received, ReviewPublisher};
 use crate::stack::{GATEWAY_SECRET, JWT_SECRET, Stack, WEBHOOK_HASH};
 use crate::truth;
 use crate::workload::{self, Client};
+use flutterwave_sim::CallCounts;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,9 +35,10 @@ pub struct FaultRun {
     /// Orders whose workload step gave up (already counted in `stuck` if
     /// the order did not end where planned), with the reason.
     pub workload_failures: Vec<String>,
-    /// From the fault's heal until everything committed was received and
-    /// nothing was left undelivered; `None` if that never happened.
-    pub recovery_secs: Option<f64>,
+    /// From the workload's last step until everything committed was
+    /// received, nothing was left undelivered and every review was stored;
+    /// `None` if that never happened within the limit.
+    pub settled_secs: Option<f64>,
     pub duration_secs: f64,
     pub note: String,
     pub passed: bool,
@@ -56,7 +59,7 @@ pub async fn run(stack: &mut Stack, fault: Fault, settings: Settings) -> FaultRu
             orders: settings.orders,
             counts: Counts::default(),
             workload_failures: Vec::new(),
-            recovery_secs: None,
+            settled_secs: None,
             duration_secs: started.elapsed().as_secs_f64(),
             note: format!("could not run: {e}"),
             passed: false,
@@ -108,12 +111,14 @@ async fn run_inner(
         WEBHOOK_HASH,
     );
 
+    let listeners = Listeners::default();
     let mut client = Client::new(
         urls,
         JWT_SECRET,
         GATEWAY_SECRET,
         stack.sim.sim().clone(),
         ReviewPublisher::new(stack.rabbit.amqp_url(), &prefix),
+        listeners.clone(),
         Duration::from_secs(90),
     );
     client.webhook_copies = fault.webhook_copies();
@@ -125,9 +130,11 @@ async fn run_inner(
         settings.spread,
     ));
 
-    let note = fault.inject(stack, &mut instances).await;
-    let healed = Instant::now();
+    let calls_before = stack.sim.sim().calls();
+    let resets_before = stack.broker_proxy.stats().resets;
+    let mut note = fault.inject(stack, &mut instances).await;
     let planned = work.await.map_err(|e| format!("workload: {e}"))?;
+    let worked = Instant::now();
 
     let reviewed: Vec<String> = planned
         .iter()
@@ -135,13 +142,26 @@ async fn run_inner(
         .map(|p| p.order_id.clone())
         .collect();
     let recovery = wait_quiet(&db, &received, &reviewed, settings.recovery_limit).await;
-    let recovery_secs = recovery.map(|at| at.saturating_duration_since(healed).as_secs_f64());
+    let settled_secs = recovery.map(|at| at.saturating_duration_since(worked).as_secs_f64());
+    let evidence = evidence(
+        fault,
+        calls_before,
+        stack.sim.sim().calls(),
+        stack.broker_proxy.stats().resets - resets_before,
+    );
+    if !evidence.is_empty() {
+        if !note.is_empty() {
+            note.push_str("; ");
+        }
+        note.push_str(&evidence);
+    }
     // A last moment for redeliveries in flight, so that they are counted.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let truth = truth::gather(&db, received.snapshot(), &planned, stack.sim.sim())
+    let truth = truth::gather(&db, &received, &listeners, &planned, stack.sim.sim())
         .await
         .map_err(|e| format!("reading the truth: {e}"))?;
+    listeners.close();
     let counts = checker::check(&truth);
     for instance in &mut instances {
         instance.stop().await;
@@ -157,14 +177,14 @@ async fn run_inner(
                 .map(|e| format!("{} ({:?}): {e}", p.order_id, p.journey))
         })
         .collect();
-    let passed = counts.violations() == 0 && recovery_secs.is_some();
+    let passed = counts.violations() == 0 && settled_secs.is_some();
     Ok(FaultRun {
         fault: tag.into(),
         description: fault.describe().into(),
         orders: settings.orders,
         counts,
         workload_failures,
-        recovery_secs,
+        settled_secs,
         duration_secs: 0.0,
         note,
         passed,
@@ -195,6 +215,25 @@ async fn wait_quiet(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     None
+}
+
+/// What shows the fault really happened: the calls Flutterwave got, the
+/// connections the proxy reset.
+fn evidence(fault: Fault, before: CallCounts, after: CallCounts, resets: u64) -> String {
+    match fault {
+        Fault::ConnectionsReset => format!("{resets} broker connections reset"),
+        Fault::Flutterwave5xx
+        | Fault::Flutterwave429
+        | Fault::RefundResponseDropped
+        | Fault::WebhookTimesTen => format!(
+            "Flutterwave calls: verify {}, by reference {}, refund {}, refund look-ups {}",
+            after.verify - before.verify,
+            after.verify_by_reference - before.verify_by_reference,
+            after.refund - before.refund,
+            after.refund_lookup - before.refund_lookup,
+        ),
+        _ => String::new(),
+    }
 }
 
 /// An address where nothing listens: a port bound and released at once.

@@ -6,6 +6,7 @@
 use crate::infra::mongo::OwnMongo;
 use crate::infra::proxy::FaultProxy;
 use crate::infra::rabbit::OwnRabbit;
+use crate::infra::redis::OwnRedis;
 use flutterwave_sim::{SimHandle, Simulator};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ pub struct Stack {
     pub dir: PathBuf,
     pub mongo: OwnMongo,
     pub rabbit: OwnRabbit,
+    /// Carries Socket.IO emits between instances.
+    pub redis: OwnRedis,
     pub db_proxy: FaultProxy,
     pub broker_proxy: FaultProxy,
     pub sim: SimHandle,
@@ -34,6 +37,9 @@ impl Stack {
         let rabbit = OwnRabbit::start(&dir.join("rabbit"))
             .await
             .map_err(|e| format!("broker: {e}"))?;
+        let redis = OwnRedis::start(&dir.join("redis"))
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
         let db_proxy = FaultProxy::start(loopback(mongo.port()))
             .await
             .map_err(|e| format!("database proxy: {e}"))?;
@@ -48,6 +54,7 @@ impl Stack {
             dir: dir.to_path_buf(),
             mongo,
             rabbit,
+            redis,
             db_proxy,
             broker_proxy,
             sim,
@@ -72,6 +79,7 @@ impl Stack {
             ("DATABASE_URL", db_url),
             ("RABBITMQ_ENDPOINT", amqp_url),
             ("AMQP_EXCHANGE_PREFIX", prefix.to_string()),
+            ("REDIS_URL", self.redis.url()),
             ("JWT_TOKEN", JWT_SECRET.to_string()),
             ("GATEWAY_JWT_TOKEN", GATEWAY_SECRET.to_string()),
             ("FLUTTERWAVE_API_URL", self.sim.base_url()),
@@ -109,6 +117,7 @@ impl Stack {
         self.db_proxy.stop().await;
         self.broker_proxy.stop().await;
         self.rabbit.stop().await;
+        self.redis.stop().await;
         self.mongo.stop().await;
     }
 }

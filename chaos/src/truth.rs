@@ -2,7 +2,9 @@
 //! notifications straight from the database (never through the fault
 //! proxy), what the stand-in peers received, what the simulator applied.
 
-use crate::checker::{Committed, GroundTruth, OrderOutcome};
+use crate::checker::{Committed, GroundTruth, OrderOutcome, StoredNotification};
+use crate::listeners::Listeners;
+use crate::peers::Received;
 use crate::workload::Planned;
 use bson::{Document, doc};
 use flutterwave_sim::Simulator;
@@ -49,6 +51,10 @@ fn committed_record(record: &Document) -> Option<Committed> {
         message_id: record.get_str("_id").ok()?.to_string(),
         aggregate_id: record.get_str("aggregateId").ok()?.to_string(),
         seq: record.get_i64("seq").ok()?,
+        committed_at_ms: record
+            .get_datetime("createdAt")
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0),
         meaning: format!(
             "{}/{}/{}/{}/{}",
             destination.get_str("exchange").unwrap_or(""),
@@ -63,7 +69,8 @@ fn committed_record(record: &Document) -> Option<Committed> {
 /// Everything the checker needs, for the orders the workload planned.
 pub async fn gather(
     db: &Database,
-    received: Vec<String>,
+    received: &Received,
+    listeners: &Listeners,
     planned: &[Planned],
     sim: &Simulator,
 ) -> Result<GroundTruth, mongodb::error::Error> {
@@ -120,14 +127,23 @@ pub async fn gather(
         .iter()
         .map(|n| {
             let text = |k: &str| n.get_str(k).unwrap_or("").to_string();
-            (text("orderId"), text("userTo"), text("message"))
+            StoredNotification {
+                id: text("_id"),
+                order_id: text("orderId"),
+                user_to: text("userTo"),
+                message: text("message"),
+            }
         })
         .collect();
+    let (heard, steady_listeners) = listeners.snapshot();
     Ok(GroundTruth {
         committed: committed(db).await?,
-        received,
+        received: received.snapshot(),
+        first_arrivals: received.first_arrivals(),
         orders: outcomes,
         notifications,
+        heard,
+        steady_listeners,
         undelivered: undelivered(db).await? as usize,
     })
 }

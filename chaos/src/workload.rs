@@ -5,6 +5,7 @@
 //! until a deadline, as a gateway would; the end each order is meant to
 //! reach is recorded for the checker.
 
+use crate::listeners::Listeners;
 use crate::peers::ReviewPublisher;
 use flutterwave_sim::{NewTransaction, PayOptions, Simulator, WebhookOptions};
 use jsonwebtoken::{EncodingKey, Header, encode};
@@ -77,6 +78,7 @@ pub struct Client {
     gateway_secret: String,
     pub sim: Simulator,
     pub reviews: ReviewPublisher,
+    pub listeners: Listeners,
     /// The same webhook is sent this many times at once (1: once).
     pub webhook_copies: usize,
     step_deadline: Duration,
@@ -98,6 +100,7 @@ impl Client {
         gateway_secret: &str,
         sim: Simulator,
         reviews: ReviewPublisher,
+        listeners: Listeners,
         step_deadline: Duration,
     ) -> Self {
         Self {
@@ -112,6 +115,7 @@ impl Client {
             gateway_secret: gateway_secret.into(),
             sim,
             reviews,
+            listeners,
             webhook_copies: 1,
             step_deadline,
         }
@@ -137,6 +141,27 @@ impl Client {
             &EncodingKey::from_secret(self.gateway_secret.as_bytes()),
         )
         .unwrap_or_default()
+    }
+
+    /// Connects `user`'s Socket.IO listener to the next live instance.
+    async fn listen(&self, user: &str) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.step_deadline;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.instances.len();
+            let ws_url = format!(
+                "{}/socket.io/?EIO=4&transport=websocket",
+                self.instances[i].replacen("http://", "ws://", 1)
+            );
+            match self
+                .listeners
+                .listen(&ws_url, user, &self.user_token(user))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
     }
 
     /// One attempt on the next instance in turn; `None` when no answer came
@@ -232,6 +257,8 @@ impl Client {
     pub async fn run(&self, order_id: &str, journey: Journey) -> Result<(), String> {
         let buyer = format!("buyer{}", short(order_id));
         let seller = format!("seller{}", short(order_id));
+        self.listen(&buyer).await?;
+        self.listen(&seller).await?;
         let created = self.create(order_id, &buyer, &seller).await?;
         let tx_ref = created["flutterwave"]["txRef"]
             .as_str()

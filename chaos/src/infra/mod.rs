@@ -4,6 +4,7 @@ pub mod mongo;
 mod process;
 pub mod proxy;
 pub mod rabbit;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::time::Duration;
