@@ -252,6 +252,8 @@ impl Application {
         // redelivered) before the connection it uses goes away.
         let _ = reviews.await;
         broker.close().await;
+        // Last, the spans of everything above still waiting for export.
+        crate::telemetry::shutdown().await;
         served
     }
 }

@@ -36,6 +36,18 @@ pub enum Environment {
     Test,
 }
 
+impl Environment {
+    /// The `NODE_ENV` spelling, which is also what traces report as
+    /// `deployment.environment`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+            Self::Test => "test",
+        }
+    }
+}
+
 /// A variable that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration error: {variable}: {reason}")]
@@ -217,6 +229,14 @@ impl Config {
             variable: "DATABASE_URL",
             reason: "must name the database in its path, e.g. mongodb://host:27017/orders".into(),
         })?;
+        let enable_apm = vars.flag("ENABLE_APM")?;
+        let elastic_apm_server_url = vars.optional_url("ELASTIC_APM_SERVER_URL")?;
+        if enable_apm && elastic_apm_server_url.is_none() {
+            return Err(ConfigError {
+                variable: "ELASTIC_APM_SERVER_URL",
+                reason: "required when ENABLE_APM is on".into(),
+            });
+        }
         Ok(Self {
             environment,
             port: vars.parse("PORT", 4006)?,
@@ -324,8 +344,8 @@ impl Config {
             },
             review_max_retries: vars.parse("REVIEW_MAX_RETRIES", 5)?,
             review_retry_delay: Duration::from_millis(vars.parse("REVIEW_RETRY_DELAY_MS", 2_000)?),
-            enable_apm: vars.flag("ENABLE_APM")?,
-            elastic_apm_server_url: vars.optional_url("ELASTIC_APM_SERVER_URL")?,
+            enable_apm,
+            elastic_apm_server_url,
             elastic_apm_secret_token: vars.get("ELASTIC_APM_SECRET_TOKEN").map(Secret),
             secret_key_one: secret("SECRET_KEY_ONE", "local-secret-one")?,
             secret_key_two: secret("SECRET_KEY_TWO", "local-secret-two")?,
@@ -601,6 +621,45 @@ mod tests {
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().variable, name);
         }
+    }
+
+    #[test]
+    fn apm_is_off_by_default_and_needs_a_server_when_on() {
+        let defaults = config(&[]).expect("defaults");
+        assert!(!defaults.enable_apm);
+        assert!(defaults.elastic_apm_server_url.is_none());
+        let error = config(&[("ENABLE_APM", "1")]).unwrap_err();
+        assert_eq!(error.variable, "ELASTIC_APM_SERVER_URL");
+        assert!(error.reason.contains("ENABLE_APM"), "{error}");
+        assert_eq!(
+            config(&[("ENABLE_APM", "yes")]).unwrap_err().variable,
+            "ENABLE_APM"
+        );
+        assert_eq!(
+            config(&[("ENABLE_APM", "1"), ("ELASTIC_APM_SERVER_URL", "apm:8200")])
+                .unwrap_err()
+                .variable,
+            "ELASTIC_APM_SERVER_URL"
+        );
+        let on = config(&[
+            ("ENABLE_APM", "true"),
+            ("ELASTIC_APM_SERVER_URL", "http://apm:8200"),
+            ("ELASTIC_APM_SECRET_TOKEN", "apm-token-value"),
+        ])
+        .expect("apm on");
+        assert!(on.enable_apm);
+        assert_eq!(
+            on.elastic_apm_server_url.as_deref(),
+            Some("http://apm:8200")
+        );
+        assert_eq!(
+            on.elastic_apm_secret_token.as_ref().map(Secret::expose),
+            Some("apm-token-value")
+        );
+        assert!(!format!("{on:?}").contains("apm-token-value"));
+        // A server without the switch is allowed: the switch alone turns export on.
+        let off = config(&[("ELASTIC_APM_SERVER_URL", "http://apm:8200")]).expect("apm off");
+        assert!(!off.enable_apm);
     }
 
     #[test]

@@ -108,9 +108,7 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(trace::make_span)
                 // One line per request at INFO: what operators search in Kibana.
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
-                ),
+                .on_response(trace::RecordResponse::default()),
         );
     // Socket.IO answers `/socket.io/` ahead of the routes and their metrics
     // (long polls and websockets would swamp the request histograms); CORS

@@ -1,18 +1,25 @@
 //! Request identity: correlation id and W3C `traceparent`, carried into
-//! every event a request causes, and the request span.
+//! every event a request causes, and the request span (exported to APM when
+//! `ENABLE_APM=1`, see `telemetry::apm`).
 
+use crate::telemetry::apm;
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Response};
 use rand::Rng;
+use std::time::Duration;
+use tower_http::trace::{DefaultOnResponse, OnResponse};
 use tracing::Span;
 
-/// The incoming `traceparent` if well-formed, else a new root one.
+/// The incoming `traceparent` if well-formed, else the request span's own
+/// while traces are exported (so events and APM show one trace), else a new
+/// root one.
 pub fn traceparent(headers: &HeaderMap) -> String {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_traceparent(v))
         .map(str::to_string)
+        .or_else(apm::current_traceparent)
         .unwrap_or_else(new_traceparent)
 }
 
@@ -55,7 +62,33 @@ pub fn make_span(request: &Request) -> Span {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    tracing::info_span!("request", method = %request.method(), route = %route)
+    // `otel.*` stay empty, and out of the log lines, unless traces are exported.
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = %route,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+    );
+    apm::start_server_span(&span, request.headers(), request.method().as_str(), &route);
+    span
+}
+
+/// The one INFO line per request, and the status on the exported span.
+#[derive(Clone, Debug)]
+pub struct RecordResponse(DefaultOnResponse);
+
+impl Default for RecordResponse {
+    fn default() -> Self {
+        Self(DefaultOnResponse::new().level(tracing::Level::INFO))
+    }
+}
+
+impl<B> OnResponse<B> for RecordResponse {
+    fn on_response(self, response: &Response<B>, latency: Duration, span: &Span) {
+        apm::record_status(span, response.status().as_u16());
+        self.0.on_response(response, latency, span);
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Telemetry: logging (JSON lines in production, readable lines elsewhere;
 //! `RUST_LOG` overrides the level), log shipping to Elasticsearch when
-//! `ELASTIC_SEARCH_URL` is set, and Prometheus metrics.
+//! `ELASTIC_SEARCH_URL` is set, traces to Elastic APM when `ENABLE_APM=1`,
+//! and Prometheus metrics.
 
+pub mod apm;
 pub mod elastic;
 pub mod metrics;
 
@@ -38,11 +40,32 @@ pub fn init(config: &Config, dropped: IntCounter) -> Option<elastic::Shipper> {
         },
         None => (None, None),
     };
+    // Off, there is no layer at all: `None` is a layer that does nothing.
+    let (apm, pending) = match apm::Settings::from_config(config)
+        .and_then(|settings| settings.map(|settings| apm::layer(&settings)).transpose())
+    {
+        Ok(Some((layer, pending))) => (Some(layer), Some(pending)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("trace export disabled: {e}");
+            (None, None)
+        }
+    };
     // A subscriber set earlier (tests) stays in place.
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(console)
         .with(elastic)
+        .with(apm)
         .try_init();
+    if let (Ok(()), Some(pending)) = (installed, pending) {
+        pending.activate();
+    }
     shipper
+}
+
+/// Sends what telemetry still holds before the process exits: the spans
+/// waiting for export. (Log lines go with the shipper's own task.)
+pub async fn shutdown() {
+    apm::shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! The test harness: `spawn_app`, a `TestApp` with one method per route, an
-//! AMQP tap that reads what peers would receive, and a TCP proxy that can cut
-//! the service off from the broker.
+//! AMQP tap that reads what peers would receive, a TCP proxy that can cut
+//! the service off from the broker, and `spawn_binary` for what only the real
+//! process wires (telemetry, signals).
 
 use flutterwave_sim::{NewTransaction, SimHandle, Simulator};
 use futures::StreamExt;
@@ -619,5 +620,90 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.enabled.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The real `order-service` binary on a free port: the test defaults plus
+/// `env`, its own database and exchange names. Killed when dropped;
+/// `terminate` stops it as an orchestrator would.
+pub struct Binary {
+    pub base: String,
+    pub http: reqwest::Client,
+    db: String,
+    child: tokio::process::Child,
+}
+
+/// Starts the binary and waits (bounded) until it answers `/health/live`.
+pub async fn spawn_binary(env: &[(&str, String)]) -> Binary {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let db = format!("order_bin_{id}");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NODE_ENV", "test")
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", mongo_uri(&db))
+        .env("RABBITMQ_ENDPOINT", amqp_uri())
+        .env("AMQP_EXCHANGE_PREFIX", format!("b{}-", &id[..12]))
+        .env("JWT_TOKEN", JWT_SECRET)
+        .env("GATEWAY_JWT_TOKEN", GATEWAY_SECRET)
+        // The tests poll; the per-IP limit is not what they are about.
+        .env("RATE_LIMIT_PER_IP_PER_MIN", "1000000")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the service binary starts");
+    let binary = Binary {
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+        db,
+        child,
+    };
+    let live = format!("{}/health/live", binary.base);
+    // Generous: the whole suite runs in parallel on two cores.
+    for _ in 0..600 {
+        if binary
+            .http
+            .get(&live)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return binary;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the service came up");
+}
+
+impl Binary {
+    /// SIGTERM, then the exit status (bounded wait).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the service exits after SIGTERM")
+            .expect("exit status")
+    }
+
+    /// Kills the process (if still running) and drops its database.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        if let Ok(client) = mongodb::Client::with_uri_str(mongo_uri(&self.db)).await {
+            let _ = client.database(&self.db).drop().await;
+        }
     }
 }

@@ -56,48 +56,15 @@ async fn start_fake(fake: FakeElastic) -> String {
 async fn logs_reach_elasticsearch_and_an_outage_never_slows_requests() {
     let fake = FakeElastic::default();
     let elastic = start_fake(fake.clone()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let db = format!("order_logs_{id}");
-    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NODE_ENV", "test")
-        .env("PORT", port.to_string())
-        .env("DATABASE_URL", mongo_uri(&db))
-        .env("RABBITMQ_ENDPOINT", amqp_uri())
-        .env("AMQP_EXCHANGE_PREFIX", format!("l{}-", &id[..12]))
-        .env("ELASTIC_SEARCH_URL", &elastic)
-        .env("ELASTIC_LOG_BUFFER_LINES", "50")
-        .env("INSTANCE_ID", "test-instance")
-        .env("RATE_LIMIT_PER_IP_PER_MIN", "1000000")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the service binary starts");
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
+    let service = spawn_binary(&[
+        ("ELASTIC_SEARCH_URL", elastic.clone()),
+        ("ELASTIC_LOG_BUFFER_LINES", "50".into()),
+        ("INSTANCE_ID", "test-instance".into()),
+    ])
+    .await;
+    let http = service.http.clone();
+    let base = service.base.clone();
     let live = format!("{base}/health/live");
-    let mut up = false;
-    for _ in 0..600 {
-        if http
-            .get(&live)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "the service came up");
 
     // Generous deadline: the whole suite runs in parallel on two cores.
     let mut docs = Vec::new();
@@ -153,8 +120,5 @@ async fn logs_reach_elasticsearch_and_an_outage_never_slows_requests() {
         dropped > 0.0,
         "lines were dropped, and counted, instead of piling up"
     );
-    let _ = service.kill().await;
-    if let Ok(client) = mongodb::Client::with_uri_str(mongo_uri(&db)).await {
-        let _ = client.database(&db).drop().await;
-    }
+    service.stop().await;
 }

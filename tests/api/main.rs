@@ -3,6 +3,7 @@
 //! Flutterwave simulator in-process. Each test has its own database and its
 //! own exchange names.
 
+mod apm;
 mod auth_matrix;
 mod checkout;
 mod events;
