@@ -14,6 +14,7 @@ use crate::orders::events::Exchanges;
 use crate::orders::reviews::ReviewOutcome;
 use crate::orders::{OrderError, Orders};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{apm, trace_context};
 use backon::BackoffBuilder;
 use lapin::Channel;
 use lapin::message::Delivery;
@@ -24,6 +25,7 @@ use outbox::{Broker, Inbox};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The queue names of API.md, with the deployment's prefix.
 pub fn queues(prefix: &str) -> QueueSet {
@@ -109,9 +111,15 @@ impl ReviewConsumer {
         &self,
         channel: &Channel,
         delivery: &Delivery,
+        traceparent: &str,
         cancel: &CancellationToken,
     ) -> Disposition {
         let key = review_message::inbox_key(&delivery.properties, &delivery.data);
+        let correlation_id = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string());
         let review = match review_message::parse(&delivery.data) {
             Ok(review) => review,
             Err(malformed) => {
@@ -129,7 +137,13 @@ impl ReviewConsumer {
         loop {
             match self
                 .orders
-                .apply_review(&self.inbox, &key, review.clone())
+                .apply_review(
+                    &self.inbox,
+                    &key,
+                    review.clone(),
+                    traceparent,
+                    correlation_id.clone(),
+                )
                 .await
             {
                 Ok(outcome) => {
@@ -256,9 +270,36 @@ impl ReviewConsumer {
 }
 
 impl Handler for ReviewConsumer {
+    /// One span per consumed message, in the trace its `traceparent` names;
+    /// the records the review causes carry the same trace.
     async fn handle(&self, channel: &Channel, delivery: Delivery, cancel: &CancellationToken) {
-        let disposition = self.decide(channel, &delivery, cancel).await;
-        self.settle(channel, delivery, disposition, cancel).await;
+        let incoming = header_text(&delivery, "traceparent");
+        let traceparent = trace_context::continue_or_start(incoming.as_deref());
+        let queue = self.queues.main.as_str();
+        let span = tracing::info_span!(
+            "consume",
+            queue,
+            message_id = %review_message::inbox_key(&delivery.properties, &delivery.data),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        apm::start_consumer_span(&span, &traceparent, queue);
+        async {
+            let disposition = self.decide(channel, &delivery, &traceparent, cancel).await;
+            self.settle(channel, delivery, disposition, cancel).await;
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A text header of `delivery`, if present.
+fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
     }
 }
 

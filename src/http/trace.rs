@@ -2,10 +2,9 @@
 //! every event a request causes, and the request span (exported to APM when
 //! `ENABLE_APM=1`, see `telemetry::apm`).
 
-use crate::telemetry::apm;
+use crate::telemetry::{apm, trace_context};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, Response};
-use rand::Rng;
 use std::time::Duration;
 use tower_http::trace::{DefaultOnResponse, OnResponse};
 use tracing::Span;
@@ -14,13 +13,7 @@ use tracing::Span;
 /// while traces are exported (so events and APM show one trace), else a new
 /// root one.
 pub fn traceparent(headers: &HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_traceparent(v))
-        .map(str::to_string)
-        .or_else(apm::current_traceparent)
-        .unwrap_or_else(new_traceparent)
+    trace_context::continue_or_start(headers.get("traceparent").and_then(|v| v.to_str().ok()))
 }
 
 /// The caller's correlation id (`x-correlation-id`, else `x-request-id`), if sane.
@@ -31,27 +24,6 @@ pub fn correlation_id(headers: &HeaderMap) -> String {
         .find(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-fn new_traceparent() -> String {
-    let mut rng = rand::rng();
-    format!(
-        "00-{:032x}-{:016x}-01",
-        rng.random::<u128>().max(1),
-        rng.random::<u64>().max(1)
-    )
-}
-
-fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1] != "0".repeat(32)
-        && parts[2] != "0".repeat(16)
 }
 
 /// A span per request, named by the matched route rather than the raw path
@@ -88,22 +60,5 @@ impl<B> OnResponse<B> for RecordResponse {
     fn on_response(self, response: &Response<B>, latency: Duration, span: &Span) {
         apm::record_status(span, response.status().as_u16());
         self.0.on_response(response, latency, span);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_a_valid_traceparent_and_replaces_a_bad_one() {
-        let mut headers = HeaderMap::new();
-        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        headers.insert("traceparent", good.parse().unwrap());
-        assert_eq!(traceparent(&headers), good);
-        headers.insert("traceparent", "00-zz-b7ad6b7169203331-01".parse().unwrap());
-        let fresh = traceparent(&headers);
-        assert_ne!(fresh, "00-zz-b7ad6b7169203331-01");
-        assert!(valid_traceparent(&fresh));
     }
 }

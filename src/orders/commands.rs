@@ -618,7 +618,8 @@ impl Orders {
                 match decide(&current, &ctx, now)? {
                     Decision::Unchanged => Ok((Some(current), false)),
                     Decision::Change(change) => {
-                        let order = write(session, &repo, &outbox, &current, *change, now).await?;
+                        let order =
+                            write(session, &repo, &outbox, &ctx, &current, *change, now).await?;
                         Ok((Some(order), true))
                     }
                 }
@@ -669,6 +670,7 @@ async fn write(
     session: &mut ClientSession,
     repo: &Repository,
     outbox: &Outbox,
+    ctx: &EventContext,
     current: &Order,
     change: Change,
     now: DateTime<Utc>,
@@ -700,7 +702,7 @@ async fn write(
         change
             .notifications
             .iter()
-            .map(|note| realtime::records::notification_record(Some(&order), note)),
+            .map(|note| ctx.stamp(realtime::records::notification_record(Some(&order), note))),
     );
     outbox.stage(session, records).await?;
     Ok(order)

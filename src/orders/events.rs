@@ -41,6 +41,15 @@ pub struct EventContext {
     pub traceparent: String,
 }
 
+impl EventContext {
+    /// `record` with this context's correlation id and `traceparent`.
+    pub fn stamp(&self, record: NewRecord) -> NewRecord {
+        record
+            .with_correlation(self.correlation_id.clone())
+            .with_header("traceparent", self.traceparent.clone())
+    }
+}
+
 /// Collects the records one change of `order` causes.
 pub struct Emitter<'a> {
     ctx: &'a EventContext,
@@ -62,11 +71,7 @@ impl<'a> Emitter<'a> {
     }
 
     fn push(&mut self, record: NewRecord) {
-        self.records.push(
-            record
-                .with_correlation(self.ctx.correlation_id.clone())
-                .with_header("traceparent", self.ctx.traceparent.clone()),
-        );
+        self.records.push(self.ctx.stamp(record));
     }
 
     fn amqp(&mut self, exchange: String, key: &str, body: Value) {

@@ -66,12 +66,15 @@ impl Orders {
     /// Applies `review` once per `message_id`. Fails with
     /// [`OrderError::NotFound`] while the order does not exist (the review may
     /// overtake the order's creation), and then writes no inbox entry, so a
-    /// later try can still apply it.
+    /// later try can still apply it. The records it causes carry the
+    /// consumed message's `traceparent` and correlation id.
     pub async fn apply_review(
         &self,
         inbox: &Inbox,
         message_id: &str,
         review: NewReview,
+        traceparent: &str,
+        correlation_id: Option<String>,
     ) -> Result<ReviewOutcome, OrderError> {
         let guard = InboxGuard {
             inbox: inbox.clone(),
@@ -84,8 +87,8 @@ impl Orders {
         };
         let actor = Actor {
             username: String::new(),
-            correlation_id: None,
-            traceparent: String::new(),
+            correlation_id,
+            traceparent: traceparent.to_string(),
         };
         // The decision runs once per transaction attempt; the last one counts.
         let unchanged = Arc::new(AtomicBool::new(false));

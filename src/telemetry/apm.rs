@@ -153,6 +153,24 @@ pub fn start_server_span(span: &tracing::Span, headers: &HeaderMap, method: &str
     span.set_attribute("http.route", route.to_string());
 }
 
+/// Makes `span` continue the trace of a consumed message (its
+/// `traceparent`) and names it as APM shows message transactions,
+/// `order-review-queue process`.
+pub fn start_consumer_span(span: &tracing::Span, traceparent: &str, queue: &str) {
+    if !enabled() {
+        return;
+    }
+    span.record("otel.name", format!("{queue} process"));
+    span.record("otel.kind", "consumer");
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    span.set_attribute("messaging.system", "rabbitmq");
+    span.set_attribute("messaging.destination.name", queue.to_string());
+}
+
 /// The status of the answer, which APM turns into the transaction's
 /// result and outcome.
 pub fn record_status(span: &tracing::Span, status: u16) {

@@ -6,6 +6,7 @@
 pub mod apm;
 pub mod elastic;
 pub mod metrics;
+pub mod trace_context;
 
 use crate::config::{Config, Environment};
 use prometheus::IntCounter;

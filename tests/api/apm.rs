@@ -260,3 +260,74 @@ async fn without_enable_apm_nothing_is_exported() {
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_consumed_review_gets_a_consumer_span_in_the_messages_trace() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let collector = Collector::default();
+    let url = collector.start().await;
+    let prefix = format!("apm{}-", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let mut env = apm_env(&url, "consumer-token", 200);
+    env.push(("AMQP_EXCHANGE_PREFIX", prefix.clone()));
+    let service = spawn_binary(&env).await;
+    let queues = order_service::consumers::review::queues(&prefix);
+
+    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let (trace_id, parent_id, traceparent) = new_trace();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(traceparent.as_str().into()),
+    );
+    let body = serde_json::json!({
+        "type": "buyer-review", "orderId": "no-such-order", "rating": 5,
+        "review": "Traced", "createdAt": "2026-11-20T10:00:00.000Z"
+    });
+    // The exchange is declared by the service at start-up; publish until
+    // its queue is bound (a message routed nowhere is acked all the same).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        let confirm = channel
+            .basic_publish(
+                queues.exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                BasicProperties::default()
+                    .with_message_id(uuid::Uuid::new_v4().to_string().into())
+                    .with_headers(headers.clone()),
+            )
+            .await
+            .expect("publish");
+        let _ = confirm.await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        found = collector.export_with(&trace_id);
+    }
+    let (_, export) = found.expect("a consumer span in the message's trace");
+    let span = spans(&export)
+        .find(|s| hex(&s.trace_id) == trace_id)
+        .expect("span");
+    assert_eq!(span.name, format!("{} process", queues.main));
+    assert_eq!(span.kind, SpanKind::Consumer as i32);
+    assert_eq!(
+        hex(&span.parent_span_id),
+        parent_id,
+        "child of the producer"
+    );
+    assert_eq!(
+        attribute(&span.attributes, "messaging.destination.name").as_deref(),
+        Some(queues.main.as_str())
+    );
+    let _ = connection.close(200, "done".into()).await;
+    service.stop().await;
+}

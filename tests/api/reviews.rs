@@ -62,6 +62,10 @@ impl ReviewService {
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
         }
+        self.send(body, props).await;
+    }
+
+    async fn send(&self, body: &[u8], props: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(
@@ -603,4 +607,56 @@ async fn five_hundred_reviews_are_applied_exactly_once_across_a_broker_outage() 
     assert_eq!(service.depth(&service.queues.retry).await, 0);
     app.shutdown().await;
     service.remove().await;
+}
+
+#[tokio::test]
+async fn the_records_a_review_causes_carry_its_trace_and_correlation() {
+    use futures::TryStreamExt;
+    let app = spawn_app().await;
+    let order_id = id("traced");
+    app.new_order(&order_id, "tia", "tom", 30.0).await;
+    let service = ReviewService::start(&app).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(traceparent.into()),
+    );
+    let body = review_body("buyer-review", &order_id, 5, "Traced");
+    service
+        .send(
+            &serde_json::to_vec(&body).expect("json"),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id("traced-review".into())
+                .with_correlation_id("corr-traced".into())
+                .with_headers(headers),
+        )
+        .await;
+    eventually("the review", 30, || async {
+        order(&app, &order_id).await.buyer_review.is_some()
+    })
+    .await;
+    // The seller's notification, staged with the review in one
+    // transaction, goes to the socket with the review's trace.
+    let records: Vec<Document> = app
+        .db
+        .collection::<Document>("outbox")
+        .find(doc! { "headers.traceparent": traceparent })
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("records");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        records[0].get_str("correlationId").ok(),
+        Some("corr-traced")
+    );
+    assert_eq!(
+        records[0]
+            .get_document("destination")
+            .and_then(|d| d.get_str("kind")),
+        Ok("socket")
+    );
 }
