@@ -92,10 +92,10 @@ impl Fault {
             Fault::ConnectionsReset => "broker connections reset (RST) every 700 ms for 6 s",
             Fault::DatabaseKilled => "database SIGKILLed, restarted after 2 s",
             Fault::InstanceDiesAfterCommit => {
-                "instance 1 aborts after a commit, before its publish (failpoint); restarted"
+                "instance 1 of 3 aborts after a commit, before its publish (failpoint); restarted"
             }
             Fault::ConsumerDiesBeforeAck => {
-                "instance 1 aborts after a review's commit, before its ack (failpoint); restarted"
+                "instance 1 of 2 aborts after a review's commit, before its ack (failpoint); restarted"
             }
             Fault::Flutterwave5xx => "Flutterwave answers 503 to everything for 6 s",
             Fault::Flutterwave429 => "Flutterwave answers 429 to everything for 6 s",
@@ -113,10 +113,11 @@ impl Fault {
         ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// Instances to run: two where one must take over the other's work.
+    /// Instances to run: several where others must take over one's work.
     pub fn instances(self) -> usize {
         match self {
-            Fault::InstanceDiesAfterCommit | Fault::ConsumerDiesBeforeAck => 2,
+            Fault::InstanceDiesAfterCommit => 3,
+            Fault::ConsumerDiesBeforeAck => 2,
             _ => 1,
         }
     }
