@@ -68,7 +68,7 @@ impl Application {
         config: Config,
         metrics: Metrics,
     ) -> Result<Self, StartupError> {
-        let mut options = ClientOptions::parse(&config.database_url).await?;
+        let mut options = ClientOptions::parse(config.database_url.expose()).await?;
         options.app_name = Some("order-service".into());
         options.server_selection_timeout = Some(Duration::from_secs(10));
         let client = Client::with_options(options)?;
@@ -262,7 +262,7 @@ impl Application {
 /// The supervised broker connection with the service's whole topology.
 pub(crate) fn broker(config: &Config, exchanges: &Exchanges, reviews: &QueueSet) -> Broker {
     Broker::new(BrokerConfig {
-        uri: config.rabbitmq_endpoint.clone(),
+        uri: config.rabbitmq_endpoint.expose().to_string(),
         connection_name: format!("order-service {}", config.instance_id),
         connect_timeout: Duration::from_secs(5),
         topology: topology(exchanges, reviews),

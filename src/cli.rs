@@ -19,7 +19,7 @@ pub struct Tools {
 
 impl Tools {
     pub async fn connect(config: &Config) -> Result<Self, mongodb::error::Error> {
-        let client = mongodb::Client::with_uri_str(&config.database_url).await?;
+        let client = mongodb::Client::with_uri_str(config.database_url.expose()).await?;
         let db = client.database(&config.database_name);
         let exchanges = Exchanges::new(&config.exchange_prefix);
         let queues = review::queues(&config.exchange_prefix);

@@ -29,6 +29,42 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A connection string whose password never prints (`Debug` shows
+/// `scheme://user:***@host/...`); the rest stays readable for operators.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionUrl(String);
+
+impl ConnectionUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        // The userinfo ends at the last '@' before the path.
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***{}", &rest[at..])
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
     Development,
@@ -66,10 +102,10 @@ pub struct Config {
     pub client_url: String,
     pub jwt_token: Secret,
     pub gateway_jwt_token: Secret,
-    pub database_url: String,
+    pub database_url: ConnectionUrl,
     /// Taken from the path of `DATABASE_URL`.
     pub database_name: String,
-    pub rabbitmq_endpoint: String,
+    pub rabbitmq_endpoint: ConnectionUrl,
     /// Prepended to every exchange name; lets several environments (or test
     /// runs) share one broker without seeing each other's events.
     pub exchange_prefix: String,
@@ -78,7 +114,7 @@ pub struct Config {
     /// others. Unset: a single instance with the in-memory adapter. A secret
     /// because the URL may carry a password.
     pub redis_url: Option<Secret>,
-    pub elastic_search_url: Option<String>,
+    pub elastic_search_url: Option<ConnectionUrl>,
     /// Log lines held while Elasticsearch is away (`ELASTIC_LOG_BUFFER_LINES`);
     /// older ones are dropped and counted past it.
     pub elastic_log_buffer: usize,
@@ -252,19 +288,19 @@ impl Config {
             )?,
             jwt_token: secret("JWT_TOKEN", "local-jwt-secret")?,
             gateway_jwt_token: secret("GATEWAY_JWT_TOKEN", "local-gateway-secret")?,
-            database_url,
+            database_url: ConnectionUrl(database_url),
             database_name,
-            rabbitmq_endpoint: vars.url(
+            rabbitmq_endpoint: ConnectionUrl(vars.url(
                 "RABBITMQ_ENDPOINT",
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
                 &["amqp://", "amqps://"],
-            )?,
+            )?),
             exchange_prefix: vars.get("AMQP_EXCHANGE_PREFIX").unwrap_or_default(),
             redis_url: match vars.get("REDIS_URL") {
                 None => None,
                 Some(_) => Some(Secret(vars.url("REDIS_URL", "", &["redis://"])?)),
             },
-            elastic_search_url: vars.optional_url("ELASTIC_SEARCH_URL")?,
+            elastic_search_url: vars.optional_url("ELASTIC_SEARCH_URL")?.map(ConnectionUrl),
             elastic_log_buffer: vars.parse("ELASTIC_LOG_BUFFER_LINES", 10_000)?,
             flutterwave_secret_key: secret(
                 "FLUTTERWAVE_SECRET_KEY",
@@ -664,7 +700,33 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let config = config(&[("JWT_TOKEN", "super-secret-value")]).expect("config");
-        assert!(!format!("{config:?}").contains("super-secret-value"));
+        let config = config(&[
+            ("JWT_TOKEN", "super-secret-value"),
+            (
+                "DATABASE_URL",
+                "mongodb://app:db-pass-1@db:27017/orders?authSource=admin",
+            ),
+            ("RABBITMQ_ENDPOINT", "amqp://app:mq-pass-2@mq:5672/%2f"),
+            ("ELASTIC_SEARCH_URL", "https://elastic:es-pass-3@es:9200"),
+        ])
+        .expect("config");
+        let printed = format!("{config:?}");
+        for secret in ["super-secret-value", "db-pass-1", "mq-pass-2", "es-pass-3"] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+        // What an operator needs to see stays.
+        assert!(printed.contains("mongodb://app:***@db:27017/orders"));
+        assert_eq!(
+            config.rabbitmq_endpoint.expose(),
+            "amqp://app:mq-pass-2@mq:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn a_url_without_credentials_prints_as_it_is() {
+        let url = ConnectionUrl::new("mongodb://db:27017/orders");
+        assert_eq!(format!("{url:?}"), "\"mongodb://db:27017/orders\"");
+        let at_in_path = ConnectionUrl::new("http://es:9200/logs@x");
+        assert_eq!(format!("{at_in_path:?}"), "\"http://es:9200/logs@x\"");
     }
 }

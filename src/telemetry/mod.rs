@@ -29,7 +29,7 @@ pub fn init(config: &Config, dropped: IntCounter) -> Option<elastic::Shipper> {
         Some(url) => match elastic::layer(
             elastic::ShipperConfig {
                 capacity: config.elastic_log_buffer,
-                ..elastic::ShipperConfig::new(url, &config.instance_id)
+                ..elastic::ShipperConfig::new(url.expose(), &config.instance_id)
             },
             dropped,
         ) {
