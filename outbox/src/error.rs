@@ -15,6 +15,8 @@ pub enum Error {
     Decode(#[from] bson::de::Error),
     #[error("record could not be encoded: {0}")]
     Encode(#[from] bson::ser::Error),
+    #[error("lease write refused: {0}")]
+    Lease(String),
     #[error("no such record: {0}")]
     NotFound(String),
 }

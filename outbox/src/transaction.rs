@@ -16,7 +16,7 @@ use std::time::Duration;
 /// Server code for a write conflict between two transactions.
 const WRITE_CONFLICT: i32 = 112;
 /// Server code for a unique index violation.
-const DUPLICATE_KEY: i32 = 11000;
+pub(crate) const DUPLICATE_KEY: i32 = 11000;
 
 /// How often and how patiently a transaction is retried.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@
 //! empty: every confirmed publish is in it, so "exactly once" is checked on
 //! the complete set, without waiting a fixed time for stragglers.
 
-use futures::FutureExt;
+use futures::{FutureExt, TryStreamExt};
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -410,6 +410,46 @@ async fn a_lease_held_by_a_dead_instance_delays_its_aggregates_until_it_runs_out
             .collect::<BTreeMap<_, _>>()
     );
     assert_once_and_in_order(&env.take_all().await, &staged);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn leases_are_claimed_together_taking_only_free_expired_or_own_ones() {
+    let env = env().await;
+    let collection = env.db.collection::<bson::Document>("outbox_leases");
+    let lease =
+        |owner: &str, length: Duration| Leases::new(collection.clone(), owner.into(), length);
+    let me = lease("me", Duration::from_secs(30));
+    let other = lease("other", Duration::from_secs(30));
+    let gone = lease("gone", Duration::from_millis(1));
+    assert!(other.acquire("held").await.expect("lease"));
+    assert!(gone.acquire("expired").await.expect("lease"));
+    // Left behind by a round of this owner that could not release it.
+    assert!(me.acquire("mine").await.expect("lease"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let wanted: Vec<String> = ["free", "held", "expired", "mine"]
+        .map(String::from)
+        .to_vec();
+    let taken = me.acquire_many(&wanted).await.expect("claim");
+    assert_eq!(taken, ["free", "expired", "mine"], "in the order asked");
+    let taken = other.acquire_many(&wanted).await.expect("claim");
+    assert_eq!(taken, ["held"], "only its own live lease");
+
+    me.release_many(&wanted).await.expect("release");
+    let left: Vec<bson::Document> = collection
+        .find(bson::doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("leases");
+    assert_eq!(
+        left.len(),
+        1,
+        "only another owner's lease is left: {left:?}"
+    );
+    assert_eq!(left[0].get_str("owner").expect("owner"), "other");
     env.finish().await;
 }
 
