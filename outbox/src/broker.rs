@@ -16,7 +16,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// An exchange the service publishes to or consumes from.
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ struct Inner {
     live: Mutex<Option<Live>>,
     connected: AtomicBool,
     generation: AtomicU64,
+    /// The generation of the newest connection, for whoever waits for the
+    /// broker to come back (see [`Broker::reconnects`]).
+    reconnected: watch::Sender<u64>,
 }
 
 struct Live {
@@ -81,6 +84,7 @@ impl Broker {
                 live: Mutex::new(None),
                 connected: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                reconnected: watch::Sender::new(0),
             }),
         }
     }
@@ -88,6 +92,13 @@ impl Broker {
     /// Whether the last known connection is up (cheap; for readiness).
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// Changes every time a new connection is established, by whichever
+    /// user of this broker asked for it; a relay waiting out an outage
+    /// wakes on it instead of polling the broker with work.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.inner.reconnected.subscribe()
     }
 
     /// Whether the current connection is up right now (asks lapin, not a cache).
@@ -160,6 +171,7 @@ impl Broker {
             self.inner.connected.store(false, Ordering::Relaxed);
             let fresh = self.connect().await?;
             self.inner.connected.store(true, Ordering::Relaxed);
+            self.inner.reconnected.send_replace(fresh.generation);
             *live = Some(fresh);
         }
         live.as_mut()

@@ -1,28 +1,35 @@
 //! The relay: delivers staged records after their commit.
 //!
-//! One round scans for due pending records, takes a lease on each aggregate
-//! found, and delivers that aggregate's records strictly in `seq` order,
-//! stopping at the first one that fails (so record n+1 never overtakes n).
-//! Aggregates are delivered concurrently, sharing one confirm-mode channel,
-//! which pipelines publishes across aggregates. The loop wakes on the
-//! outbox change stream, on [`Waker::wake`] from the same process, and on a
-//! polling interval as a fallback.
+//! One round scans for due pending records, takes the leases on all the
+//! aggregates found at once, reads their pending records, and delivers each
+//! aggregate's records strictly in `seq` order, stopping at the first one
+//! that fails (so record n+1 never overtakes n). Aggregates are delivered
+//! concurrently, sharing one confirm-mode channel, which pipelines publishes
+//! across aggregates. The confirmed records are then marked published and
+//! the leases released, each in one go, so the database work is per round
+//! rather than per record.
+//!
+//! The loop wakes on the outbox change stream, on [`Waker::wake`] from the
+//! same process, and on a polling interval as a fallback. While the broker
+//! is unreachable it leaves records for it alone and waits for the broker,
+//! not for commits.
 
 use crate::broker::Broker;
 use crate::error::Result;
 use crate::handler::{DeliveryError, Handler};
-use crate::lease::Leases;
+use crate::lease::{IN_CHUNK, Leases};
 use crate::publisher;
 use crate::record::{Destination, OutboxRecord};
 use crate::store::Outbox;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bson::{DateTime, Document, doc};
+use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use lapin::Channel;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Tuning of one relay instance; every field has a production default.
@@ -77,6 +84,8 @@ pub struct RoundOutcome {
     /// Due work is waiting for an unavailable destination (broker down,
     /// breaker open).
     pub waiting: bool,
+    /// The broker could not be reached, so records for it were left alone.
+    pub broker_unavailable: bool,
 }
 
 impl RoundOutcome {
@@ -85,6 +94,7 @@ impl RoundOutcome {
         self.retried += other.retried;
         self.parked += other.parked;
         self.waiting |= other.waiting;
+        self.broker_unavailable |= other.broker_unavailable;
     }
 
     fn progressed(&self) -> bool {
@@ -186,6 +196,7 @@ impl Relay {
             tokio::spawn(watch_inserts(
                 relay.outbox.clone(),
                 relay.waker.clone(),
+                relay.config.poll_interval / 10,
                 cancel.clone(),
             ));
         }
@@ -208,14 +219,20 @@ impl Relay {
         }
     }
 
-    /// One round: claim due aggregates and deliver their records.
+    /// One round: claim the due aggregates, then deliver their records.
+    ///
+    /// The database work is per round, not per record: one scan, one claim
+    /// of every aggregate found, one read of their pending records, one
+    /// write marking every confirmed record published and one release.
+    /// Aggregates go concurrently on the shared confirm-mode channel; within
+    /// one, each record waits for its predecessor's confirm.
     pub async fn run_once(&self) -> Result<RoundOutcome> {
         let due = self.due_aggregates().await?;
         if due.aggregates.is_empty() {
             return Ok(RoundOutcome::default());
         }
-        let channel = match (&self.broker, due.has_amqp) {
-            (Some(broker), true) => match broker.publish_channel().await {
+        let channel = match &self.broker {
+            Some(broker) if due.has_amqp() => match broker.publish_channel().await {
                 Ok(channel) => Some(channel),
                 Err(e) => {
                     tracing::warn!(error = %e, "broker unavailable; events wait in the outbox");
@@ -224,26 +241,36 @@ impl Relay {
             },
             _ => None,
         };
-        let outcomes: Vec<Result<RoundOutcome>> = futures::stream::iter(due.aggregates)
-            .map(|aggregate| {
-                let channel = channel.as_ref();
-                async move { self.deliver_aggregate(&aggregate, channel).await }
-            })
-            .buffer_unordered(self.config.concurrency)
-            .collect()
-            .await;
         let mut total = RoundOutcome::default();
-        for outcome in outcomes {
-            match outcome {
-                Ok(o) => total.add(o),
-                // One aggregate's database hiccup must not stop the others;
-                // its records are still pending and the next round tries again.
-                Err(e) => {
-                    tracing::warn!(error = %e, "aggregate delivery failed");
-                    total.waiting = true;
-                }
-            }
+        // Without a channel, an aggregate with an AMQP record due could only
+        // fail; it is left unclaimed and unread until the broker is back.
+        let aggregates: Vec<String> = if channel.is_none() && due.has_amqp() {
+            total.waiting = true;
+            total.broker_unavailable = true;
+            due.aggregates
+                .into_iter()
+                .filter(|a| !a.amqp)
+                .map(|a| a.id)
+                .collect()
+        } else {
+            due.aggregates.into_iter().map(|a| a.id).collect()
+        };
+        if aggregates.is_empty() {
+            return Ok(total);
         }
+        let claimed = self.leases.acquire_many(&aggregates).await?;
+        if claimed.is_empty() {
+            return Ok(total);
+        }
+        let claimed_at = Instant::now();
+        let delivered = self
+            .deliver_claimed(&claimed, channel.as_ref(), claimed_at)
+            .await;
+        // Released whatever happened: records not marked are still pending,
+        // and the next round (here or elsewhere) sends them again.
+        let released = self.leases.release_many(&claimed).await;
+        total.add(delivered?);
+        released?;
         Ok(total)
     }
 
@@ -254,63 +281,102 @@ impl Relay {
             .projection(doc! { "aggregateId": 1, "destination.kind": 1 })
             .sort(doc! { "status": 1, "nextAttemptAt": 1 })
             .limit(self.config.scan_limit)
+            .batch_size(batch_size(self.config.scan_limit))
             .await?;
-        let mut seen = HashSet::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         let mut due = DueAggregates::default();
         while let Some(doc) = cursor.try_next().await? {
             let aggregate = doc.get_str("aggregateId").unwrap_or_default().to_string();
-            let kind = doc
+            let amqp = doc
                 .get_document("destination")
                 .ok()
                 .and_then(|d| d.get_str("kind").ok())
-                .unwrap_or_default();
-            due.has_amqp |= kind == "amqp";
-            if seen.insert(aggregate.clone()) {
-                due.aggregates.push(aggregate);
+                .is_some_and(|kind| kind == "amqp");
+            match index.get(&aggregate) {
+                Some(&i) => due.aggregates[i].amqp |= amqp,
+                None => {
+                    index.insert(aggregate.clone(), due.aggregates.len());
+                    due.aggregates.push(DueAggregate {
+                        id: aggregate,
+                        amqp,
+                    });
+                }
             }
         }
         Ok(due)
     }
 
-    async fn deliver_aggregate(
-        &self,
-        aggregate: &str,
-        channel: Option<&Channel>,
-    ) -> Result<RoundOutcome> {
-        let mut outcome = RoundOutcome::default();
-        if !self.leases.acquire(aggregate).await? {
-            return Ok(outcome);
-        }
-        let claimed = Instant::now();
-        let result = self
-            .deliver_claimed(aggregate, channel, claimed, &mut outcome)
-            .await;
-        self.leases.release(aggregate).await?;
-        result.map(|()| outcome)
-    }
-
+    /// Delivers the claimed aggregates' records and writes the outcome.
     async fn deliver_claimed(
         &self,
-        aggregate: &str,
+        claimed: &[String],
         channel: Option<&Channel>,
-        claimed: Instant,
-        outcome: &mut RoundOutcome,
-    ) -> Result<()> {
-        let records: Vec<OutboxRecord> = self
-            .outbox
-            .records
-            .find(doc! { "aggregateId": aggregate, "status": "pending" })
-            .sort(doc! { "aggregateId": 1, "seq": 1 })
-            .limit(self.config.per_aggregate)
-            .await?
-            .try_collect()
-            .await?;
+        claimed_at: Instant,
+    ) -> Result<RoundOutcome> {
+        let pending = self.pending_of(claimed).await?;
         let now = DateTime::now();
+        let chains: Vec<Chain> = futures::stream::iter(pending)
+            .map(|records| self.deliver_chain(records, channel, claimed_at, now))
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut total = RoundOutcome::default();
         let mut delivered = Vec::new();
+        for chain in chains {
+            delivered.extend(chain.delivered);
+            total.add(chain.outcome);
+            // One aggregate's database hiccup must not stop the others; its
+            // records are still pending and the next round tries again.
+            if let Some(e) = chain.error {
+                tracing::warn!(error = %e, "aggregate delivery failed");
+                total.waiting = true;
+            }
+        }
+        self.mark_published(&delivered).await?;
+        Ok(total)
+    }
+
+    /// The pending records of `aggregates`, each aggregate's in `seq` order
+    /// and at most `per_aggregate` of them.
+    async fn pending_of(&self, aggregates: &[String]) -> Result<Vec<Vec<OutboxRecord>>> {
+        let per_aggregate = self.config.per_aggregate;
+        let finds = aggregates.chunks(IN_CHUNK).map(|chunk| async move {
+            let limit = per_aggregate.saturating_mul(chunk.len() as i64);
+            self.outbox
+                .records
+                .find(doc! { "aggregateId": { "$in": chunk }, "status": "pending" })
+                .sort(doc! { "aggregateId": 1, "seq": 1 })
+                .limit(limit)
+                .batch_size(batch_size(limit))
+                .await?
+                .try_collect::<Vec<OutboxRecord>>()
+                .await
+        });
+        let mut groups: HashMap<String, Vec<OutboxRecord>> = HashMap::new();
+        for record in try_join_all(finds).await?.into_iter().flatten() {
+            let group = groups.entry(record.aggregate_id.clone()).or_default();
+            if (group.len() as i64) < per_aggregate {
+                group.push(record);
+            }
+        }
+        // In the order claimed, which is the scan's: oldest due first.
+        Ok(aggregates.iter().filter_map(|a| groups.remove(a)).collect())
+    }
+
+    /// Sends one aggregate's records in order, each after the previous
+    /// one's confirm, stopping at the first that fails and is not parked.
+    async fn deliver_chain(
+        &self,
+        records: Vec<OutboxRecord>,
+        channel: Option<&Channel>,
+        claimed_at: Instant,
+        now: DateTime,
+    ) -> Chain {
+        let mut chain = Chain::default();
         for record in &records {
             // Keep well inside the lease, so no other relay takes the
             // aggregate over while this one is still sending.
-            if record.next_attempt_at > now || claimed.elapsed() > self.config.lease / 2 {
+            if record.next_attempt_at > now || claimed_at.elapsed() > self.config.lease / 2 {
                 break;
             }
             let started = Instant::now();
@@ -322,34 +388,49 @@ impl Relay {
                             latency: started.elapsed(),
                         },
                     );
-                    delivered.push(record.message_id.clone());
-                    outcome.delivered += 1;
+                    chain.delivered.push(record.message_id.clone());
+                    chain.outcome.delivered += 1;
                 }
                 Err(error) => {
-                    let parked = self.record_failure(record, &error).await?;
+                    // Written before anything behind it goes: a parked record
+                    // must be parked before its successor is published.
+                    let parked = match self.record_failure(record, &error).await {
+                        Ok(parked) => parked,
+                        Err(e) => {
+                            chain.error = Some(e);
+                            break;
+                        }
+                    };
                     if parked {
-                        outcome.parked += 1;
+                        chain.outcome.parked += 1;
                         // A parked record no longer holds back the ones
                         // behind it: it waits for an operator, they need not.
                         continue;
                     }
                     match error {
-                        DeliveryError::Unavailable { .. } => outcome.waiting = true,
-                        _ => outcome.retried += 1,
+                        DeliveryError::Unavailable { .. } => chain.outcome.waiting = true,
+                        _ => chain.outcome.retried += 1,
                     }
                     break;
                 }
             }
         }
-        if !delivered.is_empty() {
+        chain
+    }
+
+    /// Marks confirmed records published, in a few parallel writes.
+    async fn mark_published(&self, ids: &[String]) -> Result<()> {
+        let at = DateTime::now();
+        let updates = ids.chunks(IN_CHUNK).map(|chunk| {
             self.outbox
                 .records
                 .update_many(
-                    doc! { "_id": { "$in": delivered }, "status": "pending" },
-                    doc! { "$set": { "status": "published", "publishedAt": DateTime::now() } },
+                    doc! { "_id": { "$in": chunk }, "status": "pending" },
+                    doc! { "$set": { "status": "published", "publishedAt": at } },
                 )
-                .await?;
-        }
+                .into_future()
+        });
+        try_join_all(updates).await?;
         Ok(())
     }
 
@@ -454,9 +535,11 @@ impl Relay {
             tracing::warn!(message_id = %record.message_id, destination = %record.destination.label(), error = %error, "outbox delivery failed; will retry");
             self.observe(record, Delivery::Failed(error));
         }
+        // `update_many` on an `_id` is not a retryable write; the update is
+        // idempotent, so the server need not keep a retry record for it.
         self.outbox
             .records
-            .update_one(
+            .update_many(
                 doc! { "_id": &record.message_id, "status": "pending" },
                 update,
             )
@@ -486,11 +569,44 @@ fn park(now: DateTime, reason: &str, attempts: i32) -> Document {
     doc! { "$set": { "status": "parked", "parkedAt": now, "attempts": attempts, "lastError": reason } }
 }
 
+/// A round's work: aggregates with a record due, oldest due first.
 #[derive(Default)]
 struct DueAggregates {
-    aggregates: Vec<String>,
-    has_amqp: bool,
+    aggregates: Vec<DueAggregate>,
 }
+
+impl DueAggregates {
+    fn has_amqp(&self) -> bool {
+        self.aggregates.iter().any(|a| a.amqp)
+    }
+}
+
+struct DueAggregate {
+    id: String,
+    /// One of its due records goes to the broker.
+    amqp: bool,
+}
+
+/// What delivering one aggregate's records came to.
+#[derive(Default)]
+struct Chain {
+    /// Confirmed, in order; marked published together after the round.
+    delivered: Vec<String>,
+    outcome: RoundOutcome,
+    error: Option<crate::error::Error>,
+}
+
+/// A cursor batch that holds `limit` documents, so one reply carries them.
+fn batch_size(limit: i64) -> u32 {
+    u32::try_from(limit.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Most change events taken as one wake-up; more simply make another.
+const CHANGE_BATCH: usize = 1024;
+
+/// While the broker is unreachable, a round (for work that does not need
+/// it) runs at most this often; in between the relay only reconnects.
+const OUTAGE_ROUND: Duration = Duration::from_secs(5);
 
 async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     // Waits between rounds while a destination is unavailable grow up to a
@@ -503,9 +619,51 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             .without_max_times()
             .build()
     };
+    // A reconnect attempt costs the database nothing, so while the broker
+    // is down they come often enough to notice its return within a second.
+    let reconnect_backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
     let mut outage = outage_backoff();
+    let mut reconnect = reconnect_backoff();
+    let mut reconnects = relay.broker.as_ref().map(Broker::reconnects);
+    // When a round last found the broker unreachable.
+    let mut broker_down: Option<Instant> = None;
     while !cancel.is_cancelled() {
+        if let Some(since) = broker_down {
+            // Reconnect before scanning: while the broker is down a scan
+            // only finds records that cannot go, and commits are no reason
+            // to look again.
+            let back = match &relay.broker {
+                Some(broker) => broker.publish_channel().await.is_ok(),
+                None => false,
+            };
+            if back {
+                tracing::info!("broker reachable again; relaying the backlog");
+                broker_down = None;
+                reconnect = reconnect_backoff();
+            } else if since.elapsed() < OUTAGE_ROUND {
+                let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
+                if wait_for_broker(&cancel, reconnects.as_mut(), pause).await {
+                    break;
+                }
+                continue;
+            }
+        }
         let pause = match relay.run_once().await {
+            Ok(round) if round.broker_unavailable => {
+                broker_down = Some(Instant::now());
+                let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
+                if wait_for_broker(&cancel, reconnects.as_mut(), pause).await {
+                    break;
+                }
+                continue;
+            }
             Ok(round) if round.progressed() => {
                 outage = outage_backoff();
                 continue;
@@ -529,9 +687,44 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     tracing::info!("relay stopped");
 }
 
+/// Waits `pause`, or less if someone else reconnects the broker; local
+/// commits do not end it. Returns whether the relay was cancelled.
+async fn wait_for_broker(
+    cancel: &CancellationToken,
+    reconnects: Option<&mut watch::Receiver<u64>>,
+    pause: Duration,
+) -> bool {
+    let reconnected = async {
+        let changed = match reconnects {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        };
+        // No broker, or one that is gone: only the timer ends the wait.
+        if !changed {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = reconnected => false,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
 /// Turns outbox inserts (from any instance) into wake-ups. If the server
 /// cannot open a change stream, polling alone carries on.
-async fn watch_inserts(outbox: Outbox, waker: Waker, cancel: CancellationToken) {
+///
+/// One wake-up covers every insert committed before the round it starts,
+/// so the events that are already in hand are taken together, and the
+/// watcher then pauses for `coalesce` before asking for more: inserts pile
+/// up meanwhile and come back in one `getMore` instead of one each. Local
+/// commits wake the relay directly and do not wait for this.
+async fn watch_inserts(
+    outbox: Outbox,
+    waker: Waker,
+    coalesce: Duration,
+    cancel: CancellationToken,
+) {
     while !cancel.is_cancelled() {
         let stream = outbox
             .records
@@ -539,19 +732,25 @@ async fn watch_inserts(outbox: Outbox, waker: Waker, cancel: CancellationToken) 
             .pipeline([doc! { "$match": { "operationType": "insert" } }])
             .await;
         match stream {
-            Ok(mut stream) => loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    event = stream.next() => match event {
-                        Some(Ok(_)) => waker.wake(),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "outbox change stream ended");
-                            break;
-                        }
-                        None => break,
+            Ok(stream) => {
+                let mut batches = stream.ready_chunks(CHANGE_BATCH);
+                loop {
+                    let batch = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        batch = batches.next() => batch,
+                    };
+                    let Some(events) = batch else { break };
+                    if let Some(Err(e)) = events.into_iter().find(|e| e.is_err()) {
+                        tracing::debug!(error = %e, "outbox change stream ended");
+                        break;
+                    }
+                    waker.wake();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(coalesce) => {}
                     }
                 }
-            },
+            }
             Err(e) => tracing::debug!(error = %e, "outbox change stream unavailable; polling"),
         }
         tokio::select! {

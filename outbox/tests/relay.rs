@@ -4,19 +4,20 @@
 use bson::doc;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox::handler::HandlerFuture;
+use outbox::relay::{Delivery, Observer};
 use outbox::transaction::{self, RetryPolicy, TransactionError};
 use outbox::{
     Broker, BrokerConfig, DeliveryError, ExchangeSpec, Handler, Inbox, NewRecord, Outbox,
     OutboxRecord, RecordStatus, Relay, RelayConfig, Topology,
 };
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn mongo_uri() -> String {
@@ -416,5 +417,256 @@ async fn the_inbox_admits_a_message_once() {
     }
     assert_eq!(results, vec![true, false, false]);
     assert_eq!(inbox.count("reviews").await.expect("count"), 1);
+    env.db.drop().await.ok();
+}
+
+/// Every delivery outcome, in the order the relay reported them.
+#[derive(Default)]
+struct Outcomes(Mutex<Vec<(String, i64, &'static str)>>);
+
+impl Observer for Outcomes {
+    fn observe(&self, record: &OutboxRecord, delivery: Delivery<'_>) {
+        let what = match delivery {
+            Delivery::Delivered { .. } => "delivered",
+            Delivery::Failed(_) => "failed",
+            Delivery::Parked(_) => "parked",
+        };
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push((record.aggregate_id.clone(), record.seq, what));
+        }
+    }
+}
+
+impl Outcomes {
+    fn of(&self, aggregate: &str) -> Vec<(i64, &'static str)> {
+        self.0
+            .lock()
+            .expect("outcomes")
+            .iter()
+            .filter(|(a, _, _)| a == aggregate)
+            .map(|(_, seq, what)| (*seq, *what))
+            .collect()
+    }
+}
+
+/// A queue bound to `key` that already holds the one message it may hold
+/// and refuses the rest, so the broker nacks every publish routed to it.
+async fn full_queue(channel: &Channel, exchange: &str, key: &str) -> String {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack(), "the first message fits");
+    queue.name().to_string()
+}
+
+/// The next `n` messages as (aggregate, n), and then nothing more for a while.
+async fn receive_exactly(consumer: &mut lapin::Consumer, n: usize) -> Vec<(String, i64)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("message in time")
+            .expect("stream")
+            .expect("delivery");
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        got.push((
+            body["agg"].as_str().expect("agg").to_string(),
+            body["n"].as_i64().expect("n"),
+        ));
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(extra.is_err(), "nothing beyond the {n} expected messages");
+    got
+}
+
+#[tokio::test]
+async fn a_nacked_publish_in_a_batch_is_retried_alone_and_its_successor_waits() {
+    let env = env().await;
+    let (conn, mut peer) = bound_queue(&env.exchange, "k").await;
+    let blocker = conn.create_channel().await.expect("channel");
+    let full = full_queue(&blocker, &env.exchange, "refused").await;
+    // Three aggregates in one batch; the second record of "a" goes where
+    // the broker refuses it.
+    let mut records = Vec::new();
+    for n in 0..3 {
+        for agg in ["a", "b", "c"] {
+            let key = if (agg, n) == ("a", 1) { "refused" } else { "k" };
+            records.push(NewRecord::amqp(
+                agg,
+                &env.exchange,
+                key,
+                serde_json::json!({ "agg": agg, "n": n }),
+            ));
+        }
+    }
+    stage(&env, records).await;
+    let outcomes = Arc::new(Outcomes::default());
+    let relay = Relay::new(env.outbox.clone(), test_relay(&env))
+        .with_broker(broker(&env.exchange))
+        .with_observer(outcomes.clone());
+
+    let round = relay.run_once().await.expect("round");
+    assert_eq!((round.delivered, round.retried), (7, 1));
+    for agg in ["b", "c"] {
+        let records = env.outbox.records_of(agg).await.expect("records");
+        assert!(
+            records.iter().all(|r| r.status == RecordStatus::Published),
+            "the rest of the batch is marked"
+        );
+    }
+    let a = env.outbox.records_of("a").await.expect("records");
+    assert_eq!(a[0].status, RecordStatus::Published);
+    assert_eq!(
+        (a[1].status, a[1].attempts),
+        (RecordStatus::Pending, 1),
+        "the nacked record counts an attempt"
+    );
+    assert!(
+        a[1].last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("nack")
+    );
+    assert_eq!(
+        (a[2].status, a[2].attempts),
+        (RecordStatus::Pending, 0),
+        "its successor was not tried"
+    );
+    assert_eq!(
+        outcomes.of("a"),
+        vec![(1, "delivered"), (2, "failed")],
+        "nothing of a after the nack"
+    );
+    let mut first = receive_exactly(&mut peer, 7).await;
+    first.sort();
+    assert_eq!(
+        first,
+        [
+            ("a", 0),
+            ("b", 0),
+            ("b", 1),
+            ("b", 2),
+            ("c", 0),
+            ("c", 1),
+            ("c", 2)
+        ]
+        .map(|(a, n)| (a.to_string(), n))
+    );
+
+    // Room again: the nacked record goes, and only then its successor.
+    blocker
+        .queue_purge(full.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    let outcome = relay.drain(Duration::from_secs(20)).await.expect("drain");
+    assert_eq!(outcome.delivered, 2);
+    assert_eq!(
+        outcomes.of("a"),
+        vec![
+            (1, "delivered"),
+            (2, "failed"),
+            (2, "delivered"),
+            (3, "delivered")
+        ]
+    );
+    assert_eq!(receive_exactly(&mut peer, 1).await, vec![("a".into(), 2)]);
+    let a = env.outbox.records_of("a").await.expect("records");
+    assert!(a.iter().all(|r| r.status == RecordStatus::Published));
+    env.db.drop().await.ok();
+}
+
+#[tokio::test]
+async fn while_the_broker_is_unreachable_its_records_are_left_alone_and_commands_still_run() {
+    let env = env().await;
+    stage(
+        &env,
+        vec![
+            NewRecord::amqp("order-1", &env.exchange, "k", serde_json::json!({})),
+            NewRecord::amqp("order-2", &env.exchange, "k", serde_json::json!({})),
+            NewRecord::command("order-3", "notify", serde_json::json!({})),
+        ],
+    )
+    .await;
+    // Nothing listens on port 1.
+    let unreachable = Broker::new(BrokerConfig {
+        uri: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        connection_name: "outbox-test-unreachable".into(),
+        connect_timeout: Duration::from_secs(2),
+        topology: Topology::default(),
+    });
+    let notify = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    let outcomes = Arc::new(Outcomes::default());
+    let relay = Relay::new(env.outbox.clone(), test_relay(&env))
+        .with_broker(unreachable)
+        .with_handler("notify", notify.clone())
+        .with_observer(outcomes.clone());
+
+    let round = relay.run_once().await.expect("round");
+    assert!(round.broker_unavailable && round.waiting);
+    assert_eq!(round.delivered, 1, "the command does not need the broker");
+    assert_eq!(notify.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        outcomes.0.lock().expect("outcomes").clone(),
+        vec![("order-3".to_string(), 1, "delivered")],
+        "no AMQP record was attempted"
+    );
+    for order in ["order-1", "order-2"] {
+        let records = env.outbox.records_of(order).await.expect("records");
+        assert_eq!(
+            (records[0].status, records[0].attempts),
+            (RecordStatus::Pending, 0)
+        );
+    }
+    let leases = env
+        .db
+        .collection::<bson::Document>("outbox_leases")
+        .count_documents(doc! {})
+        .await
+        .expect("leases");
+    assert_eq!(leases, 0, "every lease taken was given back");
     env.db.drop().await.ok();
 }
