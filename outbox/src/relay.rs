@@ -133,6 +133,28 @@ pub struct Relay {
     leases: Leases,
     config: RelayConfig,
     waker: Waker,
+    /// Where the scan goes on from while a backlog larger than one scan is
+    /// worked through; `None` scans from the oldest due record.
+    sweep: std::sync::Mutex<Option<Sweep>>,
+    /// True while the loop waits out a broker outage; the change-stream
+    /// watcher rests meanwhile.
+    outage: watch::Sender<bool>,
+}
+
+/// A window of the scan's index, `[from, from + span]` in `nextAttemptAt`.
+///
+/// Scanning from the oldest due record with a limit is cheap on MongoDB,
+/// which walks the index and stops; the Python SecantusDB first fetches
+/// every record the filter matches, so each scan of a large backlog costs
+/// the whole backlog. A bounded window costs only what lies in it. A
+/// backlog is therefore worked through window by window (keyset
+/// pagination), and once the window reaches the present the next scan
+/// starts from the oldest again, picking up whatever a window passed by
+/// (aggregates another relay held, records committed late).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sweep {
+    from: i64,
+    span: i64,
 }
 
 /// A running relay; dropping it does not stop it, [`RelayHandle::shutdown`] does.
@@ -164,6 +186,8 @@ impl Relay {
             leases,
             config,
             waker: Waker::default(),
+            sweep: std::sync::Mutex::new(None),
+            outage: watch::Sender::new(false),
         }
     }
 
@@ -197,6 +221,7 @@ impl Relay {
                 relay.outbox.clone(),
                 relay.waker.clone(),
                 relay.config.poll_interval / 10,
+                relay.outage.subscribe(),
                 cancel.clone(),
             ));
         }
@@ -275,35 +300,40 @@ impl Relay {
     }
 
     async fn due_aggregates(&self) -> Result<DueAggregates> {
-        let raw = self.outbox.records.clone_with_type::<Document>();
-        let mut cursor = raw
-            .find(doc! { "status": "pending", "nextAttemptAt": { "$lte": DateTime::now() } })
-            .projection(doc! { "aggregateId": 1, "destination.kind": 1 })
-            .sort(doc! { "status": 1, "nextAttemptAt": 1 })
-            .limit(self.config.scan_limit)
-            .batch_size(batch_size(self.config.scan_limit))
-            .await?;
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut due = DueAggregates::default();
-        while let Some(doc) = cursor.try_next().await? {
-            let aggregate = doc.get_str("aggregateId").unwrap_or_default().to_string();
-            let amqp = doc
-                .get_document("destination")
-                .ok()
-                .and_then(|d| d.get_str("kind").ok())
-                .is_some_and(|kind| kind == "amqp");
-            match index.get(&aggregate) {
-                Some(&i) => due.aggregates[i].amqp |= amqp,
-                None => {
-                    index.insert(aggregate.clone(), due.aggregates.len());
-                    due.aggregates.push(DueAggregate {
-                        id: aggregate,
-                        amqp,
-                    });
+        let now = DateTime::now().timestamp_millis();
+        loop {
+            let sweep = *self.sweep.lock().unwrap_or_else(|e| e.into_inner());
+            let (range, to) = match sweep {
+                None => (doc! { "$lte": DateTime::from_millis(now) }, now),
+                Some(window) => {
+                    let to = window.from.saturating_add(window.span).min(now);
+                    let range = doc! {
+                        "$gte": DateTime::from_millis(window.from),
+                        "$lte": DateTime::from_millis(to),
+                    };
+                    (range, to)
                 }
+            };
+            let raw = self.outbox.records.clone_with_type::<Document>();
+            let scanned: Vec<Document> = raw
+                .find(doc! { "status": "pending", "nextAttemptAt": range })
+                .projection(doc! { "aggregateId": 1, "destination.kind": 1, "nextAttemptAt": 1 })
+                .sort(doc! { "status": 1, "nextAttemptAt": 1 })
+                .limit(self.config.scan_limit)
+                .batch_size(batch_size(self.config.scan_limit))
+                .await?
+                .try_collect()
+                .await?;
+            let next = next_sweep(sweep, &scanned, self.config.scan_limit, to, now);
+            *self.sweep.lock().unwrap_or_else(|e| e.into_inner()) = next;
+            // An empty window: look further at once, or, at the present,
+            // from the oldest again; only a scan from the oldest finding
+            // nothing means there is nothing due.
+            if scanned.is_empty() && sweep.is_some() {
+                continue;
             }
+            return Ok(DueAggregates::from_scan(&scanned));
         }
-        Ok(due)
     }
 
     /// Delivers the claimed aggregates' records and writes the outcome.
@@ -576,6 +606,31 @@ struct DueAggregates {
 }
 
 impl DueAggregates {
+    /// The scan's aggregates in the order first seen, which is oldest due first.
+    fn from_scan(scanned: &[Document]) -> Self {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut due = DueAggregates::default();
+        for doc in scanned {
+            let aggregate = doc.get_str("aggregateId").unwrap_or_default();
+            let amqp = doc
+                .get_document("destination")
+                .ok()
+                .and_then(|d| d.get_str("kind").ok())
+                .is_some_and(|kind| kind == "amqp");
+            match index.get(aggregate) {
+                Some(&i) => due.aggregates[i].amqp |= amqp,
+                None => {
+                    index.insert(aggregate, due.aggregates.len());
+                    due.aggregates.push(DueAggregate {
+                        id: aggregate.to_string(),
+                        amqp,
+                    });
+                }
+            }
+        }
+        due
+    }
+
     fn has_amqp(&self) -> bool {
         self.aggregates.iter().any(|a| a.amqp)
     }
@@ -596,12 +651,52 @@ struct Chain {
     error: Option<crate::error::Error>,
 }
 
+/// Where the next scan starts, given what this one (over `current`, up to
+/// `to`) returned, in `nextAttemptAt` order.
+fn next_sweep(
+    current: Option<Sweep>,
+    scanned: &[Document],
+    limit: i64,
+    to: i64,
+    now: i64,
+) -> Option<Sweep> {
+    let at = |doc: Option<&Document>| {
+        doc.and_then(|d| d.get_datetime("nextAttemptAt").ok())
+            .map(|t| t.timestamp_millis())
+    };
+    if (scanned.len() as i64) >= limit {
+        // Full: more lies behind the last record. Go on from it with a
+        // window that held about this much.
+        let (first, last) = (at(scanned.first())?, at(scanned.last())?);
+        let from = match current {
+            // A whole window at one instant that did not leave: step past
+            // it; the next sweep comes back for what is left there.
+            Some(window) if last <= window.from => window.from + 1,
+            _ => last,
+        };
+        return Some(Sweep {
+            from,
+            span: (last - first).max(1),
+        });
+    }
+    match current {
+        // Short of the present: on, with a wider window.
+        Some(window) if to < now => Some(Sweep {
+            from: to,
+            span: window.span.saturating_mul(2),
+        }),
+        // The present is reached: the next scan starts from the oldest.
+        _ => None,
+    }
+}
+
 /// A cursor batch that holds `limit` documents, so one reply carries them.
 fn batch_size(limit: i64) -> u32 {
     u32::try_from(limit.max(1)).unwrap_or(u32::MAX)
 }
 
-/// Most change events taken as one wake-up; more simply make another.
+/// Change events asked for per `getMore`; a watcher handed a full batch is
+/// behind and starts over at the present.
 const CHANGE_BATCH: usize = 1024;
 
 /// While the broker is unreachable, a round (for work that does not need
@@ -646,6 +741,7 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             if back {
                 tracing::info!("broker reachable again; relaying the backlog");
                 broker_down = None;
+                relay.outage.send_replace(false);
                 reconnect = reconnect_backoff();
             } else if since.elapsed() < OUTAGE_ROUND {
                 let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
@@ -658,6 +754,7 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         let pause = match relay.run_once().await {
             Ok(round) if round.broker_unavailable => {
                 broker_down = Some(Instant::now());
+                relay.outage.send_replace(true);
                 let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
                 if wait_for_broker(&cancel, reconnects.as_mut(), pause).await {
                     break;
@@ -719,36 +816,67 @@ async fn wait_for_broker(
 /// watcher then pauses for `coalesce` before asking for more: inserts pile
 /// up meanwhile and come back in one `getMore` instead of one each. Local
 /// commits wake the relay directly and do not wait for this.
+///
+/// Old events are worth nothing once a wake-up is given, and the server
+/// pays for every one it replays: a watcher a whole batch behind opens a
+/// new stream at the present, and while the relay waits out a broker
+/// outage (when it ignores wake-ups) the watcher closes its stream and
+/// opens a new one afterwards.
 async fn watch_inserts(
     outbox: Outbox,
     waker: Waker,
     coalesce: Duration,
+    mut outage: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
+    // Opening first and then waking leaves no insert uncovered: the round
+    // woken starts after the stream does.
+    let mut wake_when_open = false;
     while !cancel.is_cancelled() {
+        if *outage.borrow_and_update() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                over = outage.wait_for(|down| !down) => if over.is_err() { return },
+            }
+            wake_when_open = true;
+        }
         let stream = outbox
             .records
             .watch()
             .pipeline([doc! { "$match": { "operationType": "insert" } }])
+            .batch_size(CHANGE_BATCH as u32)
             .await;
         match stream {
             Ok(stream) => {
+                if std::mem::take(&mut wake_when_open) {
+                    waker.wake();
+                }
                 let mut batches = stream.ready_chunks(CHANGE_BATCH);
-                loop {
+                let behind = loop {
                     let batch = tokio::select! {
                         _ = cancel.cancelled() => return,
+                        _ = outage.changed() => break true,
                         batch = batches.next() => batch,
                     };
-                    let Some(events) = batch else { break };
+                    let Some(events) = batch else { break false };
+                    if events.len() >= CHANGE_BATCH {
+                        break true;
+                    }
                     if let Some(Err(e)) = events.into_iter().find(|e| e.is_err()) {
                         tracing::debug!(error = %e, "outbox change stream ended");
-                        break;
+                        break false;
                     }
                     waker.wake();
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(coalesce) => {}
                     }
+                };
+                wake_when_open = true;
+                // Behind, or resting for an outage: a fresh stream at once
+                // (after the outage, if there is one). Ended: as below.
+                if behind {
+                    continue;
                 }
             }
             Err(e) => tracing::debug!(error = %e, "outbox change stream unavailable; polling"),
@@ -757,5 +885,63 @@ async fn watch_inserts(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scanned(at: &[i64]) -> Vec<Document> {
+        at.iter()
+            .map(|t| doc! { "aggregateId": "a", "nextAttemptAt": DateTime::from_millis(*t) })
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_short_of_its_limit_from_the_oldest_starts_no_sweep() {
+        assert_eq!(next_sweep(None, &scanned(&[1, 2]), 3, 100, 100), None);
+        assert_eq!(next_sweep(None, &[], 3, 100, 100), None);
+    }
+
+    #[test]
+    fn a_full_scan_goes_on_from_its_last_record_with_the_span_it_covered() {
+        assert_eq!(
+            next_sweep(None, &scanned(&[10, 15, 30]), 3, 100, 100),
+            Some(Sweep { from: 30, span: 20 })
+        );
+        let window = Some(Sweep { from: 30, span: 20 });
+        assert_eq!(
+            next_sweep(window, &scanned(&[30, 31, 34]), 3, 50, 100),
+            Some(Sweep { from: 34, span: 4 })
+        );
+    }
+
+    #[test]
+    fn a_window_short_of_its_limit_widens_until_the_present_then_starts_over() {
+        let window = Some(Sweep { from: 30, span: 20 });
+        assert_eq!(
+            next_sweep(window, &scanned(&[40]), 3, 50, 100),
+            Some(Sweep { from: 50, span: 40 })
+        );
+        assert_eq!(
+            next_sweep(window, &[], 3, 50, 100),
+            Some(Sweep { from: 50, span: 40 })
+        );
+        assert_eq!(next_sweep(window, &scanned(&[40]), 3, 100, 100), None);
+    }
+
+    #[test]
+    fn a_full_window_at_one_instant_is_stepped_past() {
+        let window = Some(Sweep { from: 30, span: 1 });
+        assert_eq!(
+            next_sweep(window, &scanned(&[30, 30, 30]), 3, 31, 100),
+            Some(Sweep { from: 31, span: 1 })
+        );
+        // From the oldest, the same happens one scan later.
+        assert_eq!(
+            next_sweep(None, &scanned(&[30, 30, 30]), 3, 100, 100),
+            Some(Sweep { from: 30, span: 1 })
+        );
     }
 }
