@@ -28,6 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use lapin::Channel;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,9 @@ pub struct RoundOutcome {
     pub waiting: bool,
     /// The broker could not be reached, so records for it were left alone.
     pub broker_unavailable: bool,
+    /// Due records were left for another round: the scan was full, or an
+    /// aggregate had more than `per_aggregate` pending.
+    pub more: bool,
 }
 
 impl RoundOutcome {
@@ -95,6 +99,7 @@ impl RoundOutcome {
         self.parked += other.parked;
         self.waiting |= other.waiting;
         self.broker_unavailable |= other.broker_unavailable;
+        self.more |= other.more;
     }
 
     fn progressed(&self) -> bool {
@@ -139,6 +144,9 @@ pub struct Relay {
     /// True while the loop waits out a broker outage; the change-stream
     /// watcher rests meanwhile.
     outage: watch::Sender<bool>,
+    /// Scans from the oldest due record begun so far: one begun after an
+    /// insert was seen has found it, and needs no wake-up for it.
+    full_scans: Arc<AtomicU64>,
 }
 
 /// A window of the scan's index, `[from, from + span]` in `nextAttemptAt`.
@@ -188,6 +196,7 @@ impl Relay {
             waker: Waker::default(),
             sweep: std::sync::Mutex::new(None),
             outage: watch::Sender::new(false),
+            full_scans: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -222,6 +231,7 @@ impl Relay {
                 relay.waker.clone(),
                 relay.config.poll_interval / 10,
                 relay.outage.subscribe(),
+                relay.full_scans.clone(),
                 cancel.clone(),
             ));
         }
@@ -256,6 +266,14 @@ impl Relay {
         if due.aggregates.is_empty() {
             return Ok(RoundOutcome::default());
         }
+        let mut total = RoundOutcome {
+            more: self
+                .sweep
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some(),
+            ..RoundOutcome::default()
+        };
         let channel = match &self.broker {
             Some(broker) if due.has_amqp() => match broker.publish_channel().await {
                 Ok(channel) => Some(channel),
@@ -266,7 +284,6 @@ impl Relay {
             },
             _ => None,
         };
-        let mut total = RoundOutcome::default();
         // Without a channel, an aggregate with an AMQP record due could only
         // fail; it is left unclaimed and unread until the broker is back.
         let aggregates: Vec<String> = if channel.is_none() && due.has_amqp() {
@@ -304,7 +321,10 @@ impl Relay {
         loop {
             let sweep = *self.sweep.lock().unwrap_or_else(|e| e.into_inner());
             let (range, to) = match sweep {
-                None => (doc! { "$lte": DateTime::from_millis(now) }, now),
+                None => {
+                    self.full_scans.fetch_add(1, Ordering::AcqRel);
+                    (doc! { "$lte": DateTime::from_millis(now) }, now)
+                }
                 Some(window) => {
                     let to = window.from.saturating_add(window.span).min(now);
                     let range = doc! {
@@ -343,14 +363,17 @@ impl Relay {
         channel: Option<&Channel>,
         claimed_at: Instant,
     ) -> Result<RoundOutcome> {
-        let pending = self.pending_of(claimed).await?;
+        let (pending, capped) = self.pending_of(claimed).await?;
         let now = DateTime::now();
         let chains: Vec<Chain> = futures::stream::iter(pending)
             .map(|records| self.deliver_chain(records, channel, claimed_at, now))
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
-        let mut total = RoundOutcome::default();
+        let mut total = RoundOutcome {
+            more: capped,
+            ..RoundOutcome::default()
+        };
         let mut delivered = Vec::new();
         for chain in chains {
             delivered.extend(chain.delivered);
@@ -367,30 +390,41 @@ impl Relay {
     }
 
     /// The pending records of `aggregates`, each aggregate's in `seq` order
-    /// and at most `per_aggregate` of them.
-    async fn pending_of(&self, aggregates: &[String]) -> Result<Vec<Vec<OutboxRecord>>> {
+    /// and at most `per_aggregate` of them; and whether any had more.
+    async fn pending_of(&self, aggregates: &[String]) -> Result<(Vec<Vec<OutboxRecord>>, bool)> {
         let per_aggregate = self.config.per_aggregate;
         let finds = aggregates.chunks(IN_CHUNK).map(|chunk| async move {
             let limit = per_aggregate.saturating_mul(chunk.len() as i64);
-            self.outbox
+            let records: Vec<OutboxRecord> = self
+                .outbox
                 .records
                 .find(doc! { "aggregateId": { "$in": chunk }, "status": "pending" })
                 .sort(doc! { "aggregateId": 1, "seq": 1 })
                 .limit(limit)
                 .batch_size(batch_size(limit))
                 .await?
-                .try_collect::<Vec<OutboxRecord>>()
-                .await
+                .try_collect()
+                .await?;
+            // A find that filled its limit may have cut an aggregate short.
+            let full = records.len() as i64 >= limit;
+            Ok::<_, crate::error::Error>((records, full))
         });
         let mut groups: HashMap<String, Vec<OutboxRecord>> = HashMap::new();
-        for record in try_join_all(finds).await?.into_iter().flatten() {
-            let group = groups.entry(record.aggregate_id.clone()).or_default();
-            if (group.len() as i64) < per_aggregate {
-                group.push(record);
+        let mut capped = false;
+        for (records, full) in try_join_all(finds).await? {
+            capped |= full;
+            for record in records {
+                let group = groups.entry(record.aggregate_id.clone()).or_default();
+                if (group.len() as i64) < per_aggregate {
+                    group.push(record);
+                } else {
+                    capped = true;
+                }
             }
         }
         // In the order claimed, which is the scan's: oldest due first.
-        Ok(aggregates.iter().filter_map(|a| groups.remove(a)).collect())
+        let pending = aggregates.iter().filter_map(|a| groups.remove(a)).collect();
+        Ok((pending, capped))
     }
 
     /// Sends one aggregate's records in order, each after the previous
@@ -761,9 +795,15 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 }
                 continue;
             }
-            Ok(round) if round.progressed() => {
+            // Work left behind: at once. Otherwise a commit made during the
+            // round has already left its wake-up, and the wait ends at once.
+            Ok(round) if round.progressed() && round.more => {
                 outage = outage_backoff();
                 continue;
+            }
+            Ok(round) if round.progressed() => {
+                outage = outage_backoff();
+                relay.config.poll_interval
             }
             Ok(round) if round.waiting => outage.next().unwrap_or(Duration::from_secs(5)),
             Ok(_) => {
@@ -811,11 +851,13 @@ async fn wait_for_broker(
 /// Turns outbox inserts (from any instance) into wake-ups. If the server
 /// cannot open a change stream, polling alone carries on.
 ///
-/// One wake-up covers every insert committed before the round it starts,
-/// so the events that are already in hand are taken together, and the
-/// watcher then pauses for `coalesce` before asking for more: inserts pile
-/// up meanwhile and come back in one `getMore` instead of one each. Local
-/// commits wake the relay directly and do not wait for this.
+/// One round covers every insert committed before its scan, so the events
+/// already in hand are taken together, and the watcher pauses for
+/// `coalesce` before it wakes the relay and asks for more: inserts pile up
+/// meanwhile and come back in one `getMore` instead of one each. If a scan
+/// from the oldest due record began during the pause (a local commit woke
+/// the relay, as it does for every commit of this process), the wake-up is
+/// not needed and is not given.
 ///
 /// Old events are worth nothing once a wake-up is given, and the server
 /// pays for every one it replays: a watcher a whole batch behind opens a
@@ -827,6 +869,7 @@ async fn watch_inserts(
     waker: Waker,
     coalesce: Duration,
     mut outage: watch::Receiver<bool>,
+    full_scans: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
     // Opening first and then waking leaves no insert uncovered: the round
@@ -866,10 +909,13 @@ async fn watch_inserts(
                         tracing::debug!(error = %e, "outbox change stream ended");
                         break false;
                     }
-                    waker.wake();
+                    let scans = full_scans.load(Ordering::Acquire);
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(coalesce) => {}
+                    }
+                    if full_scans.load(Ordering::Acquire) == scans {
+                        waker.wake();
                     }
                 };
                 wake_when_open = true;
