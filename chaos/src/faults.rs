@@ -18,6 +18,7 @@ pub enum Fault {
     ConnectionsReset,
     DatabaseKilled,
     InstanceDiesAfterCommit,
+    RelayDiesBeforeMark,
     ConsumerDiesBeforeAck,
     Flutterwave5xx,
     Flutterwave429,
@@ -28,7 +29,7 @@ pub enum Fault {
     BrokerDiskAlarm,
 }
 
-pub const ALL: [Fault; 15] = [
+pub const ALL: [Fault; 16] = [
     Fault::Baseline,
     Fault::BrokerKilled,
     Fault::BrokerStopped,
@@ -36,6 +37,7 @@ pub const ALL: [Fault; 15] = [
     Fault::ConnectionsReset,
     Fault::DatabaseKilled,
     Fault::InstanceDiesAfterCommit,
+    Fault::RelayDiesBeforeMark,
     Fault::ConsumerDiesBeforeAck,
     Fault::Flutterwave5xx,
     Fault::Flutterwave429,
@@ -48,10 +50,11 @@ pub const ALL: [Fault; 15] = [
 
 /// The subset `.ci/run` runs (`chaos run --short`): one fault of each
 /// kind of part (broker, network, process, consumer, provider, webhook).
-pub const SHORT: [Fault; 6] = [
+pub const SHORT: [Fault; 7] = [
     Fault::BrokerKilled,
     Fault::ConnectionsReset,
     Fault::InstanceDiesAfterCommit,
+    Fault::RelayDiesBeforeMark,
     Fault::ConsumerDiesBeforeAck,
     Fault::RefundResponseDropped,
     Fault::WebhookTimesTen,
@@ -59,6 +62,9 @@ pub const SHORT: [Fault; 6] = [
 
 /// Armed failpoint: the first instance aborts at its 13th commit, mid-workload.
 const DIE_AFTER_COMMIT: (&str, &str) = ("order-committed", "12*off->return");
+/// Armed failpoint: the first instance's relay aborts with its 2nd batch
+/// confirmed by the broker but not yet marked published.
+const DIE_BEFORE_MARK: (&str, &str) = ("outbox-before-mark", "1*off->return");
 /// Armed failpoint: the first instance aborts after its second review's commit.
 const DIE_BEFORE_ACK: (&str, &str) = ("review-before-ack", "1*off->return");
 
@@ -72,6 +78,7 @@ impl Fault {
             Fault::ConnectionsReset => "connections-reset",
             Fault::DatabaseKilled => "database-killed",
             Fault::InstanceDiesAfterCommit => "instance-dies-after-commit",
+            Fault::RelayDiesBeforeMark => "relay-dies-before-mark",
             Fault::ConsumerDiesBeforeAck => "consumer-dies-before-ack",
             Fault::Flutterwave5xx => "flutterwave-5xx",
             Fault::Flutterwave429 => "flutterwave-429",
@@ -93,6 +100,9 @@ impl Fault {
             Fault::DatabaseKilled => "database SIGKILLed, restarted after 2 s",
             Fault::InstanceDiesAfterCommit => {
                 "instance 1 of 3 aborts after a commit, before its publish (failpoint); restarted"
+            }
+            Fault::RelayDiesBeforeMark => {
+                "instance 1 of 2 aborts with published records not yet marked, holding their leases (failpoint); restarted"
             }
             Fault::ConsumerDiesBeforeAck => {
                 "instance 1 of 2 aborts after a review's commit, before its ack (failpoint); restarted"
@@ -117,7 +127,7 @@ impl Fault {
     pub fn instances(self) -> usize {
         match self {
             Fault::InstanceDiesAfterCommit => 3,
-            Fault::ConsumerDiesBeforeAck => 2,
+            Fault::RelayDiesBeforeMark | Fault::ConsumerDiesBeforeAck => 2,
             _ => 1,
         }
     }
@@ -126,6 +136,7 @@ impl Fault {
     pub fn failpoints(self) -> Vec<(&'static str, &'static str)> {
         match self {
             Fault::InstanceDiesAfterCommit => vec![DIE_AFTER_COMMIT],
+            Fault::RelayDiesBeforeMark => vec![DIE_BEFORE_MARK],
             Fault::ConsumerDiesBeforeAck => vec![DIE_BEFORE_ACK],
             _ => Vec::new(),
         }
@@ -183,7 +194,9 @@ impl Fault {
                 pause(2).await;
                 restarted(stack.mongo.restart().await, "database")
             }
-            Fault::InstanceDiesAfterCommit | Fault::ConsumerDiesBeforeAck => {
+            Fault::InstanceDiesAfterCommit
+            | Fault::RelayDiesBeforeMark
+            | Fault::ConsumerDiesBeforeAck => {
                 let Some(first) = instances.first_mut() else {
                     return "no instance".into();
                 };

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Tuning of one relay instance; every field has a production default.
 #[derive(Debug, Clone)]
@@ -305,9 +306,19 @@ impl Relay {
             return Ok(total);
         }
         let claimed_at = Instant::now();
+        // A span per batch that has work: idle rounds make none.
+        let span = tracing::info_span!(
+            "outbox.relay.batch",
+            aggregates = claimed.len(),
+            delivered = tracing::field::Empty,
+        );
         let delivered = self
             .deliver_claimed(&claimed, channel.as_ref(), claimed_at)
+            .instrument(span.clone())
             .await;
+        if let Ok(outcome) = &delivered {
+            span.record("delivered", outcome.delivered);
+        }
         // Released whatever happened: records not marked are still pending,
         // and the next round (here or elsewhere) sends them again.
         let released = self.leases.release_many(&claimed).await;
@@ -385,6 +396,9 @@ impl Relay {
                 total.waiting = true;
             }
         }
+        // Chaos: the process dies with the records confirmed but not marked;
+        // another relay sends them again once the leases expire.
+        fail::fail_point!("outbox-before-mark", |_| std::process::abort());
         self.mark_published(&delivered).await?;
         Ok(total)
     }

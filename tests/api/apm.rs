@@ -262,7 +262,7 @@ async fn without_enable_apm_nothing_is_exported() {
 }
 
 #[tokio::test]
-async fn a_consumed_review_gets_a_consumer_span_in_the_messages_trace() {
+async fn a_consumed_review_and_the_relay_batch_it_causes_are_spans() {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use lapin::types::{AMQPValue, FieldTable};
     use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -288,8 +288,21 @@ async fn a_consumed_review_gets_a_consumer_span_in_the_messages_trace() {
         "traceparent".into(),
         AMQPValue::LongString(traceparent.as_str().into()),
     );
+    // An order for the review to land on: its notification is an outbox
+    // record, which a relay batch (a span of its own) delivers.
+    let order_id = format!("apm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let created = service
+        .http
+        .post(format!("{}/api/v1/order", service.base))
+        .header("gatewaytoken", gateway_token("order"))
+        .bearer_auth(user_token("tracy"))
+        .json(&order_body(&order_id, "tracy", "sam", 40.0))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status().as_u16(), 201);
     let body = serde_json::json!({
-        "type": "buyer-review", "orderId": "no-such-order", "rating": 5,
+        "type": "buyer-review", "orderId": order_id, "rating": 5,
         "review": "Traced", "createdAt": "2026-11-20T10:00:00.000Z"
     });
     // The exchange is declared by the service at start-up; publish until
@@ -328,6 +341,18 @@ async fn a_consumed_review_gets_a_consumer_span_in_the_messages_trace() {
         attribute(&span.attributes, "messaging.destination.name").as_deref(),
         Some(queues.main.as_str())
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let relay_batch = || {
+        collector.posts().iter().any(|(_, body)| {
+            ExportTraceServiceRequest::decode(body.as_ref())
+                .map(|r| spans(&r).any(|s| s.name == "outbox.relay.batch"))
+                .unwrap_or(false)
+        })
+    };
+    while !relay_batch() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(relay_batch(), "the relay's batch was exported as a span");
     let _ = connection.close(200, "done".into()).await;
     service.stop().await;
 }
