@@ -89,7 +89,10 @@ async fn run_inner(
 
     let mut env = stack.instance_env(&db_name, &prefix);
     if fault.elasticsearch_down() {
+        // A line per request and a small buffer, so that lines must drop.
         env.insert("ELASTIC_SEARCH_URL".into(), closed_port_url());
+        env.insert("ELASTIC_LOG_BUFFER_LINES".into(), "100".into());
+        env.insert("RUST_LOG".into(), "info".into());
     }
     let mut instances = Vec::new();
     for i in 0..fault.instances() {
@@ -149,6 +152,15 @@ async fn run_inner(
         stack.sim.sim().calls(),
         stack.broker_proxy.stats().resets - resets_before,
     );
+    let evidence = if fault.elasticsearch_down() {
+        let url = instances
+            .first()
+            .map(Instance::base_url)
+            .unwrap_or_default();
+        format!("{} log lines dropped", log_lines_dropped(&url).await)
+    } else {
+        evidence
+    };
     if !evidence.is_empty() {
         if !note.is_empty() {
             note.push_str("; ");
@@ -234,6 +246,18 @@ fn evidence(fault: Fault, before: CallCounts, after: CallCounts, resets: u64) ->
         ),
         _ => String::new(),
     }
+}
+
+/// The instance's `log_lines_dropped_total`, from its `/metrics`.
+async fn log_lines_dropped(base_url: &str) -> String {
+    let text = match reqwest::get(format!("{base_url}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(e) => return format!("unknown ({e})"),
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix("log_lines_dropped_total "))
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// An address where nothing listens: a port bound and released at once.
