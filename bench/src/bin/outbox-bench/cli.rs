@@ -25,6 +25,7 @@ usage: outbox-bench [flags]
   --per-aggregate N        relay: records per aggregate per lease (default: the service's, 100)
   --only LIST              comma-separated phases: tx,broker,e2e,latency,drain,http,outage
   --no-monitor             no driver command monitoring (to check its overhead)
+  --no-watch               relay without its change-stream watcher (to measure its cost)
 ";
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,7 @@ pub struct Args {
     pub per_aggregate: Option<i64>,
     pub only: Option<Vec<String>>,
     pub monitor: bool,
+    pub watch: bool,
 }
 
 pub const PHASES: &[&str] = &["tx", "broker", "e2e", "latency", "drain", "http", "outage"];
@@ -72,6 +74,7 @@ impl Args {
             per_aggregate: None,
             only: None,
             monitor: true,
+            watch: true,
         };
         while let Some(flag) = argv.next() {
             if flag == "--help" || flag == "-h" {
@@ -79,6 +82,10 @@ impl Args {
             }
             if flag == "--no-monitor" {
                 args.monitor = false;
+                continue;
+            }
+            if flag == "--no-watch" {
+                args.watch = false;
                 continue;
             }
             let value = argv

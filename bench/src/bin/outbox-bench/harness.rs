@@ -195,6 +195,7 @@ impl Bench {
             scan_limit: self.args.scan_limit.unwrap_or(defaults.scan_limit),
             concurrency: self.args.relay_concurrency.unwrap_or(defaults.concurrency),
             per_aggregate: self.args.per_aggregate.unwrap_or(defaults.per_aggregate),
+            watch_changes: self.args.watch,
             ..defaults
         }
     }
