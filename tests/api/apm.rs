@@ -305,8 +305,22 @@ async fn a_consumed_review_and_the_relay_batch_it_causes_are_spans() {
         "type": "buyer-review", "orderId": order_id, "rating": 5,
         "review": "Traced", "createdAt": "2026-11-20T10:00:00.000Z"
     });
-    // The exchange is declared by the service at start-up; publish until
-    // its queue is bound (a message routed nowhere is acked all the same).
+    // Declared here too (the same durable fanout the service declares), as
+    // the service may not have declared it yet: a publish to a missing
+    // exchange closes the channel. Publish until the service's queue is
+    // bound; a message routed nowhere is acked and dropped.
+    channel
+        .exchange_declare(
+            queues.exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the review exchange");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut found = None;
     while found.is_none() && Instant::now() < deadline {
