@@ -18,5 +18,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/order-service/target}"
 # Installs SecantusDB and rabbitmq-server when missing (and starts the shared
 # instances the tests use; the suite starts its own beside them).
 scripts/deps.sh
-cargo build --bin chaos
+cargo build -p chaos --bin chaos
 exec "$CARGO_TARGET_DIR/debug/chaos" run --out target/chaos "$@"
