@@ -24,7 +24,7 @@ RUN mkdir -p src outbox/src flutterwave-sim/src bench/src chaos/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && touch outbox/src/lib.rs \
  && echo 'fn main() {}' > flutterwave-sim/src/main.rs && touch flutterwave-sim/src/lib.rs \
- && echo 'fn main() {}' > bench/src/main.rs \
+ && echo 'fn main() {}' > bench/src/main.rs && touch bench/src/lib.rs \
  && echo 'fn main() {}' > chaos/src/main.rs \
  && cargo build --release --locked -p order-service -p flutterwave-sim \
  && rm -rf src outbox/src flutterwave-sim/src bench/src chaos/src
