@@ -149,7 +149,6 @@ async fn run(options: Options) -> ExitCode {
         started_at,
         orders_per_fault: options.orders,
         runs,
-        pending: Vec::new(),
         passed,
     };
     println!("{}", report.markdown());

@@ -11,8 +11,6 @@ pub struct Report {
     pub started_at: String,
     pub orders_per_fault: usize,
     pub runs: Vec<FaultRun>,
-    /// Faults of the list that this suite cannot inject yet.
-    pub pending: Vec<String>,
     pub passed: bool,
 }
 
@@ -71,12 +69,6 @@ impl Report {
             }
             for failure in run.workload_failures.iter().take(5) {
                 let _ = writeln!(out, "  - workload step gave up: {failure}");
-            }
-        }
-        if !self.pending.is_empty() {
-            out.push_str("\nPending (not injected yet):\n");
-            for p in &self.pending {
-                let _ = writeln!(out, "- {p}");
             }
         }
         out

@@ -109,7 +109,7 @@ impl OwnMongo {
     }
 
     /// Whether the server process is alive.
-    #[allow(dead_code, reason = "handle API not every fault uses")]
+    #[cfg(test)]
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| p.exited().is_none())
     }

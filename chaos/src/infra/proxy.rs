@@ -34,7 +34,6 @@ pub enum ProxyMode {
 }
 
 /// What the proxy has done so far.
-#[allow(dead_code, reason = "handle API not every fault uses")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProxyStats {
     pub accepted: u64,
@@ -122,14 +121,9 @@ impl FaultProxy {
         self.mode.send_replace(mode);
     }
 
-    #[allow(dead_code, reason = "handle API not every fault uses")]
-    pub fn mode(&self) -> ProxyMode {
-        *self.mode.borrow()
-    }
-
     /// While on, new connections are accepted and aborted with a RST at
     /// once, as a host with nothing listening would; live ones are untouched.
-    #[allow(dead_code, reason = "handle API not every fault uses")]
+    #[cfg(test)]
     pub fn set_refuse(&self, refuse: bool) {
         self.shared.refuse.store(refuse, Ordering::Relaxed);
     }
@@ -152,7 +146,6 @@ impl FaultProxy {
         count
     }
 
-    #[allow(dead_code, reason = "handle API not every fault uses")]
     pub fn stats(&self) -> ProxyStats {
         ProxyStats {
             accepted: self.shared.accepted.load(Ordering::Relaxed),

@@ -89,7 +89,7 @@ impl OwnRabbit {
         self.port
     }
 
-    #[allow(dead_code, reason = "handle API not every fault uses")]
+    #[cfg(test)]
     pub fn node_name(&self) -> &str {
         &self.node
     }
@@ -101,7 +101,7 @@ impl OwnRabbit {
     }
 
     /// Whether the node's process is alive.
-    #[allow(dead_code, reason = "handle API not every fault uses")]
+    #[cfg(test)]
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| p.exited().is_none())
     }
