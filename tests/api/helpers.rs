@@ -427,6 +427,12 @@ impl EventTap {
     /// `ack: false` rejects every first delivery once (requeue) to show
     /// that a redelivery carries the same message_id.
     pub async fn start_with(app: &TestApp, ack: bool) -> Self {
+        Self::on_prefix(&app.prefix, ack).await
+    }
+
+    /// The same for a service running with `AMQP_EXCHANGE_PREFIX=prefix`
+    /// (a spawned binary rather than an in-process app).
+    pub async fn on_prefix(prefix: &str, ack: bool) -> Self {
         let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
             .await
             .expect("amqp");
@@ -448,7 +454,7 @@ impl EventTap {
             ("gigconnect-buyer-updates", "user-buyer"),
             ("gigconnect-order-exchange", "order-email"),
         ] {
-            let exchange = app.exchange(exchange);
+            let exchange = format!("{prefix}{exchange}");
             channel
                 .exchange_declare(
                     exchange.as_str().into(),
@@ -483,7 +489,7 @@ impl EventTap {
             .expect("consume");
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
-        let prefix = app.prefix.clone();
+        let prefix = prefix.to_string();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let body = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);

@@ -6,18 +6,13 @@
 //! requests would have left it), so the test controls its size; a queue
 //! bound to the service's order exchange reads what a peer receives.
 
-use crate::helpers::{amqp_uri, mongo_uri};
+use crate::helpers::{EventTap, amqp_uri, mongo_uri};
 use futures::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use outbox::transaction::{self, RetryPolicy};
 use outbox::{NewRecord, Outbox};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -110,76 +105,21 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
     let prefix = format!("s{}-", &id[..12]);
     let exchange = format!("{prefix}gigconnect-order-exchange");
 
-    // A peer's queue on the order exchange, declared before anything is sent.
-    let peer = Connection::connect(&amqp_uri(), ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let channel = peer.create_channel().await.expect("channel");
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("exchange");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            "order-email".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    // A peer's queue on every exchange, declared before anything is sent.
+    let tap = EventTap::on_prefix(&prefix, true).await;
     // (aggregate, n, message id) in arrival order.
-    let received: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
-    let sink = received.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            let body: serde_json::Value =
-                serde_json::from_slice(&delivery.data).unwrap_or_default();
-            let id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            sink.lock().unwrap().push((
-                body["orderId"].as_str().unwrap_or_default().to_string(),
-                body["n"].as_u64().unwrap_or(u64::MAX),
-                id,
-            ));
-        }
-    });
+    let received = || -> Vec<(String, u64, String)> {
+        tap.all()
+            .iter()
+            .map(|m| {
+                (
+                    m.body["orderId"].as_str().unwrap_or_default().to_string(),
+                    m.body["n"].as_u64().unwrap_or(u64::MAX),
+                    m.message_id(),
+                )
+            })
+            .collect()
+    };
 
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = spawn_service(&format!("scale-a-{id}"), port_a, &database, &prefix);
@@ -222,7 +162,7 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
 
     // Kill A once delivery is under way and a backlog remains.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while received.lock().unwrap().len() < staged.len() / 10 {
+    while tap.all().len() < staged.len() / 10 {
         assert!(Instant::now() < deadline, "delivery never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -263,12 +203,7 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
     let wanted: HashSet<String> = staged.iter().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got: HashSet<String> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.2.clone())
-            .collect();
+        let got: HashSet<String> = received().into_iter().map(|r| r.2).collect();
         if wanted.is_subset(&got) {
             break;
         }
@@ -280,7 +215,7 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let received = received.lock().unwrap().clone();
+    let received = received();
     let mut first_seen: HashSet<&str> = HashSet::new();
     let mut per_order: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     let mut deliveries: HashMap<&str, usize> = HashMap::new();
@@ -319,9 +254,10 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
     b.start_kill().expect("stop B");
     let _ = b.wait().await;
     db.drop().await.ok();
-    let _ = channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await;
+    let cleanup = Connection::connect(&amqp_uri(), ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let channel = cleanup.create_channel().await.expect("channel");
     let queues = order_service::consumers::review::queues(&prefix);
     for queue in [&queues.main, &queues.retry, &queues.dlq] {
         let _ = channel
@@ -330,6 +266,7 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
     }
     let exchanges = order_service::orders::events::Exchanges::new(&prefix);
     for exchange in [
+        &exchanges.order,
         &exchanges.seller_updates,
         &exchanges.buyer_updates,
         &exchanges.review,
@@ -338,5 +275,5 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
             .exchange_delete(exchange.as_str().into(), Default::default())
             .await;
     }
-    let _ = peer.close(200, "done".into()).await;
+    let _ = cleanup.close(200, "done".into()).await;
 }
