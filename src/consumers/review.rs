@@ -111,10 +111,10 @@ impl ReviewConsumer {
         &self,
         channel: &Channel,
         delivery: &Delivery,
+        key: &str,
         traceparent: &str,
         cancel: &CancellationToken,
     ) -> Disposition {
-        let key = review_message::inbox_key(&delivery.properties, &delivery.data);
         let correlation_id = delivery
             .properties
             .correlation_id()
@@ -139,7 +139,7 @@ impl ReviewConsumer {
                 .orders
                 .apply_review(
                     &self.inbox,
-                    &key,
+                    key,
                     review.clone(),
                     traceparent,
                     correlation_id.clone(),
@@ -192,10 +192,10 @@ impl ReviewConsumer {
         &self,
         channel: &Channel,
         delivery: Delivery,
+        key: &str,
         disposition: Disposition,
         cancel: &CancellationToken,
     ) {
-        let key = review_message::inbox_key(&delivery.properties, &delivery.data);
         let copied = match disposition {
             Disposition::Release => return,
             Disposition::Done => Ok(()),
@@ -242,7 +242,7 @@ impl ReviewConsumer {
                     tracing::warn!(message_id = %key, error = %e, "ack failed; the broker will redeliver");
                 }
             }
-            Err(e) => self.give_back(delivery, &key, e, cancel).await,
+            Err(e) => self.give_back(delivery, key, e, cancel).await,
         }
     }
 
@@ -275,18 +275,22 @@ impl Handler for ReviewConsumer {
     async fn handle(&self, channel: &Channel, delivery: Delivery, cancel: &CancellationToken) {
         let incoming = header_text(&delivery, "traceparent");
         let traceparent = trace_context::continue_or_start(incoming.as_deref());
+        let key = review_message::inbox_key(&delivery.properties, &delivery.data);
         let queue = self.queues.main.as_str();
         let span = tracing::info_span!(
             "consume",
             queue,
-            message_id = %review_message::inbox_key(&delivery.properties, &delivery.data),
+            message_id = %key,
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
         );
         apm::start_consumer_span(&span, &traceparent, queue);
         async {
-            let disposition = self.decide(channel, &delivery, &traceparent, cancel).await;
-            self.settle(channel, delivery, disposition, cancel).await;
+            let disposition = self
+                .decide(channel, &delivery, &key, &traceparent, cancel)
+                .await;
+            self.settle(channel, delivery, &key, disposition, cancel)
+                .await;
         }
         .instrument(span)
         .await
