@@ -5,13 +5,13 @@ use bson::doc;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+    QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use outbox::handler::HandlerFuture;
 use outbox::relay::{Delivery, Observer};
-use outbox::transaction::{self, RetryPolicy, TransactionError};
+use outbox::transaction::{self, RetryPolicy};
 use outbox::{
     Broker, BrokerConfig, DeliveryError, ExchangeSpec, Handler, Inbox, NewRecord, Outbox,
     OutboxRecord, RecordStatus, Relay, RelayConfig, Topology,
@@ -20,35 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn mongo_uri() -> String {
-    std::env::var("TEST_MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
-}
-
-fn amqp_uri() -> String {
-    std::env::var("TEST_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-#[derive(Debug, thiserror::Error)]
-enum TestError {
-    #[error(transparent)]
-    Mongo(#[from] mongodb::error::Error),
-    #[error(transparent)]
-    Outbox(#[from] outbox::Error),
-    #[error("the body gave up")]
-    GaveUp,
-}
-
-impl TransactionError for TestError {
-    fn is_transient(&self) -> bool {
-        match self {
-            TestError::Mongo(e) => transaction::is_transient(e),
-            TestError::Outbox(outbox::Error::Mongo(e)) => transaction::is_transient(e),
-            _ => false,
-        }
-    }
-}
+mod common;
+use common::{TestError, amqp_uri, mongo_uri};
 
 struct Env {
     client: mongodb::Client,
@@ -89,44 +62,10 @@ fn broker(exchange: &str) -> Broker {
 
 /// A consumer bound to `exchange` with routing key `key`, as a peer would be.
 async fn bound_queue(exchange: &str, key: &str) -> (Connection, lapin::Consumer) {
-    let conn = Connection::connect(&amqp_uri(), ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("exchange");
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
-    ch.queue_bind(
-        q.name().clone(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind");
+    let (conn, ch, queue) = common::bound_queue(exchange, key).await;
     let consumer = ch
         .basic_consume(
-            q.name().clone(),
+            queue.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

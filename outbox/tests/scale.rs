@@ -9,15 +9,12 @@
 //! the complete set, without waiting a fixed time for stragglers.
 
 use futures::{FutureExt, TryStreamExt};
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicGetOptions;
+use lapin::{Channel, Connection, ExchangeKind};
 use outbox::handler::HandlerFuture;
 use outbox::lease::Leases;
 use outbox::relay::{Delivery, Observer};
-use outbox::transaction::{self, RetryPolicy, TransactionError};
+use outbox::transaction::{self, RetryPolicy};
 use outbox::{
     Broker, BrokerConfig, DeliveryError, ExchangeSpec, Handler, NewRecord, Outbox, OutboxRecord,
     Relay, RelayConfig, Topology,
@@ -28,33 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-fn mongo_uri() -> String {
-    std::env::var("TEST_MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
-}
-
-fn amqp_uri() -> String {
-    std::env::var("TEST_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-#[derive(Debug, thiserror::Error)]
-enum TestError {
-    #[error(transparent)]
-    Mongo(#[from] mongodb::error::Error),
-    #[error(transparent)]
-    Outbox(#[from] outbox::Error),
-}
-
-impl TransactionError for TestError {
-    fn is_transient(&self) -> bool {
-        match self {
-            TestError::Mongo(e) => transaction::is_transient(e),
-            TestError::Outbox(outbox::Error::Mongo(e)) => transaction::is_transient(e),
-            TestError::Outbox(_) => false,
-        }
-    }
-}
+mod common;
+use common::{TestError, amqp_uri, mongo_uri};
 
 /// One database, one exchange and one queue bound to it, all the test's own.
 struct Env {
@@ -77,49 +49,13 @@ async fn env() -> Env {
     let outbox = Outbox::new(&db);
     outbox.ensure_schema().await.expect("schema");
     let exchange = format!("outbox-scale-{id}");
-    let connection = Connection::connect(&amqp_uri(), ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("exchange");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            "k".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    let (connection, channel, queue) = common::bound_queue(&exchange, "k").await;
     Env {
         client,
         db,
         outbox,
         exchange,
-        queue: queue.name().to_string(),
+        queue,
         _connection: connection,
         channel,
     }
