@@ -79,6 +79,18 @@ impl From<Change> for Decision {
     }
 }
 
+impl Decision {
+    /// A change to the order alone (payment bookkeeping): nobody is
+    /// notified and no event goes out.
+    fn bookkeeping(order: Order) -> Self {
+        Decision::from(Change {
+            order,
+            notifications: vec![],
+            records: vec![],
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Orders {
     client: Client,
@@ -459,11 +471,7 @@ impl Orders {
                 token: token.clone(),
                 until: now + hold,
             });
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![],
-                records: vec![],
-            }))
+            Ok(Decision::bookkeeping(next))
         })
         .await
     }
@@ -488,11 +496,7 @@ impl Orders {
             }
             let mut next = order.clone();
             next.flutterwave.checkout_claim = None;
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![],
-                records: vec![],
-            }))
+            Ok(Decision::bookkeeping(next))
         })
         .await
     }
@@ -513,11 +517,7 @@ impl Orders {
             next.flutterwave.checkout_link = Some(link.clone());
             next.flutterwave.checkout_at = Some(now);
             next.flutterwave.checkout_claim = None;
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![],
-                records: vec![],
-            }))
+            Ok(Decision::bookkeeping(next))
         })
         .await
     }
@@ -539,11 +539,7 @@ impl Orders {
             }
             let mut next = order.clone();
             next.refund = Some(outcome.clone());
-            Ok(Decision::from(Change {
-                order: next,
-                notifications: vec![],
-                records: vec![],
-            }))
+            Ok(Decision::bookkeeping(next))
         })
         .await
     }
