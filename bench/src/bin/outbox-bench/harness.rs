@@ -386,6 +386,49 @@ impl Pipeline {
             handle.shutdown().await;
         }
     }
+
+    /// A cheap handle for producer tasks committing into this pipeline.
+    pub fn producer(&self, client: &Client) -> Producer {
+        Producer {
+            client: client.clone(),
+            orders: self.orders.clone(),
+            outbox: self.outbox.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+/// Commits orders with their event into a pipeline, as a request would.
+#[derive(Clone)]
+pub struct Producer {
+    client: Client,
+    orders: Collection<Document>,
+    outbox: Outbox,
+    waker: Waker,
+}
+
+impl Producer {
+    /// Order `i` and one `key` event for it in one transaction, then wakes
+    /// the relay; the record ids and the commit instant.
+    pub async fn order_with_event(
+        &self,
+        exchange: &str,
+        key: &str,
+        order_id: &str,
+        i: u64,
+    ) -> Result<(Vec<String>, Instant), TxError> {
+        let ids = commit(
+            &self.client,
+            &self.orders,
+            Some(&self.outbox),
+            order_document(order_id, i),
+            vec![event(exchange, key, order_id, 0)],
+        )
+        .await?;
+        let at = Instant::now();
+        self.waker.wake();
+        Ok((ids, at))
+    }
 }
 
 /// What a peer bound to one routing key received.

@@ -76,26 +76,16 @@ async fn produce_until(
 ) -> Result<Vec<(String, Instant)>, BoxError> {
     let mut workers = JoinSet::new();
     for w in 0..bench.args.concurrency {
-        let client = bench.client.clone();
-        let orders = pipeline.orders.clone();
-        let outbox = pipeline.outbox.clone();
-        let waker = pipeline.waker.clone();
+        let producer = pipeline.producer(&bench.client);
         let (exchange, key, run) = (bench.exchange.clone(), key.to_string(), bench.run.clone());
         workers.spawn(async move {
             let mut committed = Vec::new();
             let mut i = 0u64;
             while Instant::now() < until {
                 let order_id = format!("{run}-{key}-{w}-{i}");
-                let ids = commit(
-                    &client,
-                    &orders,
-                    Some(&outbox),
-                    order_document(&order_id, i),
-                    vec![event(&exchange, &key, &order_id, 0)],
-                )
-                .await?;
-                let at = Instant::now();
-                waker.wake();
+                let (ids, at) = producer
+                    .order_with_event(&exchange, &key, &order_id, i)
+                    .await?;
                 committed.extend(ids.into_iter().map(|id| (id, at)));
                 i += 1;
             }
@@ -293,33 +283,16 @@ pub async fn latency(
     for (l, fraction) in [0.25, 0.5, 0.9].into_iter().enumerate() {
         let rate = (max_rate * fraction).max(1.0);
         let meter = Meter::begin(bench, watched);
-        let (client, orders, outbox, waker) = (
-            bench.client.clone(),
-            pipeline.orders.clone(),
-            pipeline.outbox.clone(),
-            pipeline.waker.clone(),
-        );
+        let producer = pipeline.producer(&bench.client);
         let (exchange, run) = (bench.exchange.clone(), bench.run.clone());
         let (committed, issued_in) = paced(rate, bench.args.latency_seconds, 256, |i| {
-            let (client, orders, outbox, waker) = (
-                client.clone(),
-                orders.clone(),
-                outbox.clone(),
-                waker.clone(),
-            );
+            let producer = producer.clone();
             let order_id = format!("{run}-latency-{l}-{i}");
-            let record = event(&exchange, "latency", &order_id, 0);
+            let exchange = exchange.clone();
             async move {
-                let ids = commit(
-                    &client,
-                    &orders,
-                    Some(&outbox),
-                    order_document(&order_id, i),
-                    vec![record],
-                )
-                .await?;
-                let at = Instant::now();
-                waker.wake();
+                let (ids, at) = producer
+                    .order_with_event(&exchange, "latency", &order_id, i)
+                    .await?;
                 Ok(ids.into_iter().map(|id| (id, at)).collect::<Vec<_>>())
             }
         })
@@ -765,32 +738,16 @@ pub async fn outage(bench: &Bench, rate: f64) -> Result<Outage, BoxError> {
         bench.run.clone(),
     );
     let outbox_side = {
-        let (client, orders, outbox, waker) = (
-            client.clone(),
-            pipeline.orders.clone(),
-            pipeline.outbox.clone(),
-            pipeline.waker.clone(),
-        );
+        let producer = pipeline.producer(&client);
         let (exchange, run) = (exchange.clone(), run.clone());
         paced(rate, args.outage_run, 256, move |i| {
-            let (client, orders, outbox, waker) = (
-                client.clone(),
-                orders.clone(),
-                outbox.clone(),
-                waker.clone(),
-            );
+            let producer = producer.clone();
             let order_id = format!("{run}-outbox-{i}");
-            let record = event(&exchange, "outage-outbox", &order_id, 0);
+            let exchange = exchange.clone();
             async move {
-                let ids = commit(
-                    &client,
-                    &orders,
-                    Some(&outbox),
-                    order_document(&order_id, i),
-                    vec![record],
-                )
-                .await?;
-                waker.wake();
+                let (ids, _) = producer
+                    .order_with_event(&exchange, "outage-outbox", &order_id, i)
+                    .await?;
                 Ok(ids)
             }
         })
