@@ -211,8 +211,23 @@ mod tests {
             .unwrap()
     }
 
+    /// Whether a server answers a ping on `port`, not a bare TCP accept:
+    /// a test running beside this one may have been given the freed port.
     async fn listening(port: u16) -> bool {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let Ok(mut options) =
+            ClientOptions::parse(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
+                .await
+        else {
+            return false;
+        };
+        options.server_selection_timeout = Some(Duration::from_secs(1));
+        options.connect_timeout = Some(Duration::from_secs(1));
+        let Ok(client) = Client::with_options(options) else {
+            return false;
+        };
+        client
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
             .await
             .is_ok()
     }

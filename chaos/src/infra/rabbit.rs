@@ -397,10 +397,16 @@ mod tests {
         BasicProperties::default().with_delivery_mode(2)
     }
 
+    /// Whether a broker answers on `port`: an AMQP handshake, not a bare
+    /// TCP accept, as a test running beside this one may have been given
+    /// the freed port for a listener of its own.
     async fn listening(port: u16) -> bool {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
+        let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        let connect = Connection::connect(&url, ConnectionProperties::default());
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), connect).await,
+            Ok(Ok(_))
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
