@@ -399,7 +399,7 @@ impl Relay {
         // Chaos: the process dies with the records confirmed but not marked;
         // another relay sends them again once the leases expire.
         fail::fail_point!("outbox-before-mark", |_| std::process::abort());
-        self.mark_published(&delivered).await?;
+        self.outbox.mark_published(&delivered).await?;
         Ok(total)
     }
 
@@ -494,22 +494,6 @@ impl Relay {
             }
         }
         chain
-    }
-
-    /// Marks confirmed records published, in a few parallel writes.
-    async fn mark_published(&self, ids: &[String]) -> Result<()> {
-        let at = DateTime::now();
-        let updates = ids.chunks(IN_CHUNK).map(|chunk| {
-            self.outbox
-                .records
-                .update_many(
-                    doc! { "_id": { "$in": chunk }, "status": "pending" },
-                    doc! { "$set": { "status": "published", "publishedAt": at } },
-                )
-                .into_future()
-        });
-        try_join_all(updates).await?;
-        Ok(())
     }
 
     async fn deliver(

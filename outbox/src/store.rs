@@ -2,9 +2,11 @@
 //! parked records (listing and replay) and backlog statistics.
 
 use crate::error::{Error, Result};
+use crate::lease::IN_CHUNK;
 use crate::record::{NewRecord, OutboxRecord, RecordStatus};
 use bson::{DateTime, Document, doc};
 use futures::TryStreamExt;
+use futures::future::try_join_all;
 use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use std::collections::BTreeMap;
@@ -188,6 +190,22 @@ impl Outbox {
             .session(&mut *session)
             .await?;
         Ok(ids)
+    }
+
+    /// Marks confirmed records published, in a few parallel writes. Only
+    /// pending records change, so marking twice keeps the first `publishedAt`.
+    pub async fn mark_published(&self, ids: &[String]) -> Result<()> {
+        let at = DateTime::now();
+        let updates = ids.chunks(IN_CHUNK).map(|chunk| {
+            self.records
+                .update_many(
+                    doc! { "_id": { "$in": chunk }, "status": "pending" },
+                    doc! { "$set": { "status": "published", "publishedAt": at } },
+                )
+                .into_future()
+        });
+        try_join_all(updates).await?;
+        Ok(())
     }
 
     /// Parked records, oldest first.

@@ -232,6 +232,47 @@ impl Handler for Flaky {
 }
 
 #[tokio::test]
+async fn marking_published_changes_only_pending_records_and_keeps_the_first_time() {
+    let env = env().await;
+    // More than one `$in` chunk, so the parallel writes are covered.
+    let records = (0..70)
+        .map(|n| NewRecord::command("agg", "noop", serde_json::json!({ "n": n })))
+        .collect();
+    let ids = stage(&env, records).await;
+    env.outbox
+        .mark_published(&ids[..65])
+        .await
+        .expect("first mark");
+    let first = env.outbox.records_of("agg").await.expect("records");
+    assert_eq!(env.outbox.stats().await.expect("stats").pending, 5);
+    assert!(
+        first[..65]
+            .iter()
+            .all(|r| r.status == RecordStatus::Published)
+    );
+    assert!(first[65..].iter().all(|r| r.published_at.is_none()));
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut again = ids.clone();
+    again.push("no-such-record".into());
+    env.outbox
+        .mark_published(&again)
+        .await
+        .expect("second mark");
+    let second = env.outbox.records_of("agg").await.expect("records");
+    assert!(second.iter().all(|r| r.status == RecordStatus::Published));
+    for (before, after) in first[..65].iter().zip(&second) {
+        assert_eq!(before.published_at, after.published_at, "first time kept");
+    }
+    assert!(
+        second[65..]
+            .iter()
+            .all(|r| r.published_at > first[0].published_at)
+    );
+    env.db.drop().await.ok();
+}
+
+#[tokio::test]
 async fn failing_commands_are_retried_then_parked_and_replayable() {
     let env = env().await;
     stage(

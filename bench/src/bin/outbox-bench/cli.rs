@@ -14,7 +14,8 @@ usage: outbox-bench [flags]
   --concurrency N          concurrent producers (transactions) (default 16)
   --window N               unconfirmed publishes in flight, raw broker phase (default 256)
   --latency-seconds S      length of each paced latency level (default 8)
-  --records N              backlog committed while the broker is unreachable (default 100000)
+  --records N              backlog committed while the broker is unreachable, and for the
+                           database floor of a backlog (default 100000)
   --drain-per-aggregate N  records per aggregate in the backlog (default 5)
   --drain-batch N          backlog records staged per transaction (default 500)
   --http-concurrency N     concurrent HTTP clients (default 16)
@@ -23,7 +24,7 @@ usage: outbox-bench [flags]
   --scan-limit N           relay: due records per round (default: the service's, 500)
   --relay-concurrency N    relay: aggregates at once (default: the service's, 32)
   --per-aggregate N        relay: records per aggregate per lease (default: the service's, 100)
-  --only LIST              comma-separated phases: tx,broker,e2e,latency,drain,http,outage
+  --only LIST              comma-separated phases: tx,broker,floor,e2e,latency,drain,http,outage
   --no-monitor             no driver command monitoring (to check its overhead)
   --no-watch               relay without its change-stream watcher (to measure its cost)
 ";
@@ -50,7 +51,9 @@ pub struct Args {
     pub watch: bool,
 }
 
-pub const PHASES: &[&str] = &["tx", "broker", "e2e", "latency", "drain", "http", "outage"];
+pub const PHASES: &[&str] = &[
+    "tx", "broker", "floor", "e2e", "latency", "drain", "http", "outage",
+];
 
 impl Args {
     /// Parses flags; `Err` carries the message to print (usage included).

@@ -4,20 +4,23 @@
 //! 1. raw transaction rate: an order-like document and one outbox record
 //!    per transaction, no relay;
 //! 2. raw broker rate: persistent publishes with confirms, pipelined;
+//!    1b/1c. the database's floor: commit, read and mark each record with
+//!    no broker and no relay, under load and for a backlog (`floor`);
 //! 3. end-to-end: commits with a running relay until every record is
-//!    confirmed, and its ratio to the smaller raw rate;
+//!    confirmed, and its ratio to the smaller raw rate and to 1b;
 //! 4. commit→confirm latency at 25, 50 and 90 % of that rate, paced;
 //! 5. backlog drain: records committed while the broker is unreachable
-//!    (a proxy this program owns is cut), then drained;
+//!    (a proxy this program owns is cut), then drained, against 2 and 1c;
 //! 6. HTTP POST create through the service's real router;
 //! 7. a broker outage under the outbox and under the old
 //!    commit-then-publish approach, counting lost events for both.
 //!
 //! Every phase has its own database and routing key; everything is
 //! dropped at the end. Layout: `cli` (flags), `harness` (client, relay,
-//! tap), `phases`, `proxy`, `sys` (machine, CPU, RSS), `report`.
+//! tap), `phases`, `floor`, `proxy`, `sys` (machine, CPU, RSS), `report`.
 
 mod cli;
+mod floor;
 mod harness;
 mod phases;
 mod proxy;
@@ -85,6 +88,15 @@ async fn run(bench: &harness::Bench, watched: &sys::Watched) -> Result<report::R
         let broker = phases::raw_broker(bench, watched).await?;
         eprintln!("    {:.1} msg/s", broker.rate());
         results.broker = Some(broker);
+    }
+    if args.runs("floor") {
+        eprintln!("1b, 1c database floor: commit, read, mark ...");
+        let commit = floor::commit_and_mark(bench, watched).await?;
+        eprintln!("    {:.1} /s under load", commit.rate());
+        results.floor_commit = Some(commit);
+        let backlog = floor::backlog(bench, watched).await?;
+        eprintln!("    {:.1} rec/s for a backlog", backlog.rate());
+        results.floor_backlog = Some(backlog);
     }
     let mut max_rate = None;
     if args.runs("e2e") {

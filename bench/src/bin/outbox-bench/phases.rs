@@ -10,6 +10,7 @@ use crate::sys::{CpuUse, Watched};
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use outbox::Outbox;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -68,7 +69,7 @@ impl Throughput {
 
 /// Commits (order + one outbox record each) from `concurrency` producers
 /// until `until`; returns each record's id and commit instant.
-async fn produce_until(
+pub async fn produce_until(
     bench: &Bench,
     pipeline: &Pipeline,
     key: &str,
@@ -339,14 +340,15 @@ impl Drain {
     }
 }
 
-/// `records` committed while the broker is unreachable (the relay runs,
-/// behind a proxy that is cut), then drained once it is back.
-pub async fn drain(bench: &Bench, watched: &Watched) -> Result<Drain, BoxError> {
+/// Commits `--records` records for `key` (`--drain-per-aggregate` per
+/// aggregate, `--drain-batch` per transaction) from up to eight writers;
+/// how long that took.
+pub async fn stage_backlog(
+    bench: &Bench,
+    outbox: &Outbox,
+    key: &str,
+) -> Result<Duration, BoxError> {
     let args = &bench.args;
-    let proxy = Proxy::start(amqp_host(&args.amqp)).await?;
-    proxy.cut();
-    let tap = Tap::start(bench, "drain").await?;
-    let mut pipeline = bench.pipeline("drain", &proxy.amqp_uri(&args.amqp)).await?;
     let per_aggregate = args.drain_per_aggregate;
     let aggregates = args.records.div_ceil(per_aggregate);
     let per_batch = (args.drain_batch / per_aggregate).max(1);
@@ -355,8 +357,9 @@ pub async fn drain(bench: &Bench, watched: &Watched) -> Result<Drain, BoxError> 
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency.min(8) {
-        let (client, outbox, next) = (bench.client.clone(), pipeline.outbox.clone(), next.clone());
+        let (client, outbox, next) = (bench.client.clone(), outbox.clone(), next.clone());
         let (exchange, run, records) = (bench.exchange.clone(), bench.run.clone(), args.records);
+        let key = key.to_string();
         workers.spawn(async move {
             loop {
                 let batch = next.fetch_add(1, Ordering::SeqCst);
@@ -365,10 +368,10 @@ pub async fn drain(bench: &Bench, watched: &Watched) -> Result<Drain, BoxError> 
                 }
                 let mut staged = Vec::new();
                 for a in batch * per_batch..((batch + 1) * per_batch).min(aggregates) {
-                    let aggregate = format!("{run}-drain-{a}");
+                    let aggregate = format!("{run}-{key}-{a}");
                     for n in 0..per_aggregate {
                         if a * per_aggregate + n < records {
-                            staged.push(event(&exchange, "drain", &aggregate, n as u64));
+                            staged.push(event(&exchange, &key, &aggregate, n as u64));
                         }
                     }
                 }
@@ -391,6 +394,18 @@ pub async fn drain(bench: &Bench, watched: &Watched) -> Result<Drain, BoxError> 
         done??;
     }
     let staged_in = started.elapsed();
+    Ok(staged_in)
+}
+
+/// `records` committed while the broker is unreachable (the relay runs,
+/// behind a proxy that is cut), then drained once it is back.
+pub async fn drain(bench: &Bench, watched: &Watched) -> Result<Drain, BoxError> {
+    let args = &bench.args;
+    let proxy = Proxy::start(amqp_host(&args.amqp)).await?;
+    proxy.cut();
+    let tap = Tap::start(bench, "drain").await?;
+    let mut pipeline = bench.pipeline("drain", &proxy.amqp_uri(&args.amqp)).await?;
+    let staged_in = stage_backlog(bench, &pipeline.outbox, "drain").await?;
     let pending = pipeline.outbox.stats().await?.pending;
     eprintln!(
         "drain: {pending} records pending after {staged_in:.1?}, {} confirmed while the broker was cut",

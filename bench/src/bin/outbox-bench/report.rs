@@ -11,6 +11,10 @@ use std::time::Duration;
 pub struct Results {
     pub tx: Option<Throughput>,
     pub broker: Option<Throughput>,
+    /// The database's floor: commit, read and mark under load (1b) and for
+    /// a backlog (1c), no broker, no relay.
+    pub floor_commit: Option<Throughput>,
+    pub floor_backlog: Option<Throughput>,
     pub e2e: Option<EndToEnd>,
     pub levels: Vec<Level>,
     pub drain: Option<Drain>,
@@ -67,6 +71,35 @@ impl Results {
                 b.elapsed.as_secs_f64()
             );
         }
+        if let Some(f) = &self.floor_commit {
+            let _ = writeln!(
+                out,
+                "| 1b | database floor under load: the producers of 1 commit while one loop reads each record and marks it published (the relay's write), no broker, no relay | {} /s ({} in {:.1} s) | {} of 1 | | |",
+                rate(f.rate()),
+                f.count,
+                f.elapsed.as_secs_f64(),
+                raw_tx
+                    .map(|t| format!("{:.2}", f.rate() / t))
+                    .unwrap_or_default(),
+            );
+        }
+        if let Some(f) = &self.floor_backlog {
+            let _ = writeln!(
+                out,
+                "| 1c | database floor for a backlog: {} records staged as in 5, then read and marked published, no broker, no relay | {} rec/s ({} in {:.1} s) | | | |",
+                f.count,
+                rate(f.rate()),
+                f.count,
+                f.elapsed.as_secs_f64(),
+            );
+        }
+        // The ratio to the database's floor, beside the ratio.
+        let of_floor = |floor: &Option<Throughput>, row: &str, r: f64| {
+            floor
+                .as_ref()
+                .map(|f| format!("; {:.2} of {row}", r / f.rate()))
+                .unwrap_or_default()
+        };
         if let Some(e) = &self.e2e {
             let floor = match (raw_tx, raw_broker) {
                 (Some(t), Some(b)) => Some(t.min(b)),
@@ -76,7 +109,7 @@ impl Results {
             let ratio = floor.map(|f| e.throughput.rate() / f);
             let _ = writeln!(
                 out,
-                "| 3 | end-to-end: committed and confirmed, {} producers, relay running | {} /s ({} in {:.1} s, lost {}); commit→confirm at full load {} | {} of min(1, 2) | ≥ 0.9 | {} |",
+                "| 3 | end-to-end: committed and confirmed, {} producers, relay running | {} /s ({} in {:.1} s, lost {}); commit→confirm at full load {} | {} of min(1, 2){} | ≥ 0.9 | {} |",
                 args.concurrency,
                 rate(e.throughput.rate()),
                 e.throughput.count,
@@ -84,6 +117,7 @@ impl Results {
                 e.lost,
                 pcts(&e.latencies),
                 ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                of_floor(&self.floor_commit, "1b", e.throughput.rate()),
                 ratio.map(|r| verdict(r >= 0.9)).unwrap_or_default(),
             );
         }
@@ -108,7 +142,7 @@ impl Results {
             let ratio = raw_broker.map(|b| d.rate() / b);
             let _ = writeln!(
                 out,
-                "| 5 | backlog drain: {} records ({} per aggregate) committed while the broker was unreachable (staged in {:.1} s) | {} rec/s (drained in {:.1} s; first confirm {:.1} s after the broker returned); lost {}, out of order {}, duplicates {} | {} of 2 | ≥ 0.8 | {} |",
+                "| 5 | backlog drain: {} records ({} per aggregate) committed while the broker was unreachable (staged in {:.1} s) | {} rec/s (drained in {:.1} s; first confirm {:.1} s after the broker returned); lost {}, out of order {}, duplicates {} | {} of 2{} | ≥ 0.8 | {} |",
                 d.records,
                 args.drain_per_aggregate,
                 d.staged_in.as_secs_f64(),
@@ -119,6 +153,7 @@ impl Results {
                 d.out_of_order,
                 d.duplicates,
                 ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+                of_floor(&self.floor_backlog, "1c", d.rate()),
                 ratio
                     .map(|r| verdict(r >= 0.8 && d.lost == 0 && d.out_of_order == 0))
                     .unwrap_or_default(),
@@ -169,6 +204,12 @@ impl Results {
         }
         if let Some(b) = &self.broker {
             rows.push(("2 raw broker".into(), &b.usage, b.rate()));
+        }
+        if let Some(f) = &self.floor_commit {
+            rows.push(("1b floor under load".into(), &f.usage, f.rate()));
+        }
+        if let Some(f) = &self.floor_backlog {
+            rows.push(("1c floor for a backlog".into(), &f.usage, f.rate()));
         }
         if let Some(e) = &self.e2e {
             rows.push((
