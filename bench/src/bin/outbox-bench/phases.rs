@@ -340,14 +340,16 @@ impl Drain {
     }
 }
 
+/// A backlog staged by [`stage_backlog`].
+pub struct Backlog {
+    pub staged_in: Duration,
+    /// Its aggregates, in the order they were staged.
+    pub aggregates: Vec<String>,
+}
+
 /// Commits `--records` records for `key` (`--drain-per-aggregate` per
-/// aggregate, `--drain-batch` per transaction) from up to eight writers;
-/// how long that took.
-pub async fn stage_backlog(
-    bench: &Bench,
-    outbox: &Outbox,
-    key: &str,
-) -> Result<Duration, BoxError> {
+/// aggregate, `--drain-batch` per transaction) from up to eight writers.
+pub async fn stage_backlog(bench: &Bench, outbox: &Outbox, key: &str) -> Result<Backlog, BoxError> {
     let args = &bench.args;
     let per_aggregate = args.drain_per_aggregate;
     let aggregates = args.records.div_ceil(per_aggregate);
@@ -368,7 +370,7 @@ pub async fn stage_backlog(
                 }
                 let mut staged = Vec::new();
                 for a in batch * per_batch..((batch + 1) * per_batch).min(aggregates) {
-                    let aggregate = format!("{run}-{key}-{a}");
+                    let aggregate = backlog_aggregate(&run, &key, a);
                     for n in 0..per_aggregate {
                         if a * per_aggregate + n < records {
                             staged.push(event(&exchange, &key, &aggregate, n as u64));
@@ -393,8 +395,16 @@ pub async fn stage_backlog(
     while let Some(done) = workers.join_next().await {
         done??;
     }
-    let staged_in = started.elapsed();
-    Ok(staged_in)
+    Ok(Backlog {
+        staged_in: started.elapsed(),
+        aggregates: (0..aggregates)
+            .map(|a| backlog_aggregate(&bench.run, key, a))
+            .collect(),
+    })
+}
+
+fn backlog_aggregate(run: &str, key: &str, a: usize) -> String {
+    format!("{run}-{key}-{a}")
 }
 
 /// `records` committed while the broker is unreachable (the relay runs,
@@ -405,7 +415,9 @@ pub async fn drain(bench: &Bench, watched: &Watched) -> Result<Drain, BoxError> 
     proxy.cut();
     let tap = Tap::start(bench, "drain").await?;
     let mut pipeline = bench.pipeline("drain", &proxy.amqp_uri(&args.amqp)).await?;
-    let staged_in = stage_backlog(bench, &pipeline.outbox, "drain").await?;
+    let staged_in = stage_backlog(bench, &pipeline.outbox, "drain")
+        .await?
+        .staged_in;
     let pending = pipeline.outbox.stats().await?.pending;
     eprintln!(
         "drain: {pending} records pending after {staged_in:.1?}, {} confirmed while the broker was cut",
