@@ -26,7 +26,7 @@ use bson::{DateTime, Document, doc};
 use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use lapin::Channel;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -91,6 +91,9 @@ pub struct RoundOutcome {
     /// Due records were left for another round: the scan was full, or an
     /// aggregate had more than `per_aggregate` pending.
     pub more: bool,
+    /// Due records were left alone because the previous round was still
+    /// marking others of their aggregates.
+    pub deferred: bool,
 }
 
 impl RoundOutcome {
@@ -101,6 +104,7 @@ impl RoundOutcome {
         self.waiting |= other.waiting;
         self.broker_unavailable |= other.broker_unavailable;
         self.more |= other.more;
+        self.deferred |= other.deferred;
     }
 
     fn progressed(&self) -> bool {
@@ -255,7 +259,8 @@ impl Relay {
         }
     }
 
-    /// One round: claim the due aggregates, then deliver their records.
+    /// One round: claim the due aggregates, deliver their records, mark
+    /// the confirmed ones published and release the leases.
     ///
     /// The database work is per round, not per record: one scan, one claim
     /// of every aggregate found, one read of their pending records, one
@@ -263,18 +268,30 @@ impl Relay {
     /// Aggregates go concurrently on the shared confirm-mode channel; within
     /// one, each record waits for its predecessor's confirm.
     pub async fn run_once(&self) -> Result<RoundOutcome> {
-        let due = self.due_aggregates().await?;
-        if due.aggregates.is_empty() {
-            return Ok(RoundOutcome::default());
+        let (outcome, finish) = self.round(&Busy::default()).await?;
+        if let Some(finish) = finish {
+            self.finish(finish).await?;
         }
+        Ok(outcome)
+    }
+
+    /// A round up to its last confirm, leaving aggregates in `busy` alone;
+    /// what is left to write is returned for [`Relay::finish`], which the
+    /// loop runs while the next round delivers.
+    async fn round(&self, busy: &Busy) -> Result<(RoundOutcome, Option<Finish>)> {
+        let mut due = self.due_aggregates().await?;
         let mut total = RoundOutcome {
             more: self
                 .sweep
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some(),
+            deferred: due.skip(busy),
             ..RoundOutcome::default()
         };
+        if due.aggregates.is_empty() {
+            return Ok((total, None));
+        }
         let channel = match &self.broker {
             Some(broker) if due.has_amqp() => match broker.publish_channel().await {
                 Ok(channel) => Some(channel),
@@ -299,11 +316,11 @@ impl Relay {
             due.aggregates.into_iter().map(|a| a.id).collect()
         };
         if aggregates.is_empty() {
-            return Ok(total);
+            return Ok((total, None));
         }
         let claimed = self.leases.acquire_many(&aggregates).await?;
         if claimed.is_empty() {
-            return Ok(total);
+            return Ok((total, None));
         }
         let claimed_at = Instant::now();
         // A span per batch that has work: idle rounds make none.
@@ -312,19 +329,36 @@ impl Relay {
             aggregates = claimed.len(),
             delivered = tracing::field::Empty,
         );
-        let delivered = self
+        match self
             .deliver_claimed(&claimed, channel.as_ref(), claimed_at)
             .instrument(span.clone())
-            .await;
-        if let Ok(outcome) = &delivered {
-            span.record("delivered", outcome.delivered);
+            .await
+        {
+            Ok((outcome, delivered)) => {
+                span.record("delivered", outcome.delivered);
+                total.add(outcome);
+                Ok((total, Some(Finish { delivered, claimed })))
+            }
+            Err(e) => {
+                // Nothing confirmed is lost: unmarked records are still
+                // pending, and the next round (here or elsewhere) sends
+                // them again.
+                self.leases.release_many(&claimed).await?;
+                Err(e)
+            }
         }
-        // Released whatever happened: records not marked are still pending,
-        // and the next round (here or elsewhere) sends them again.
-        let released = self.leases.release_many(&claimed).await;
-        total.add(delivered?);
-        released?;
-        Ok(total)
+    }
+
+    /// Marks a round's confirmed records published, then releases its
+    /// leases, whatever the mark did.
+    async fn finish(&self, finish: Finish) -> Result<()> {
+        // Chaos: the process dies with the records confirmed but not marked;
+        // another relay sends them again once the leases expire.
+        fail::fail_point!("outbox-before-mark", |_| std::process::abort());
+        let marked = self.outbox.mark_published(&finish.delivered).await;
+        let released = self.leases.release_many(&finish.claimed).await;
+        marked?;
+        released
     }
 
     async fn due_aggregates(&self) -> Result<DueAggregates> {
@@ -348,7 +382,9 @@ impl Relay {
             let raw = self.outbox.records.clone_with_type::<Document>();
             let scanned: Vec<Document> = raw
                 .find(doc! { "status": "pending", "nextAttemptAt": range })
-                .projection(doc! { "aggregateId": 1, "destination.kind": 1, "nextAttemptAt": 1 })
+                .projection(
+                    doc! { "_id": 1, "aggregateId": 1, "destination.kind": 1, "nextAttemptAt": 1 },
+                )
                 .sort(doc! { "status": 1, "nextAttemptAt": 1 })
                 .limit(self.config.scan_limit)
                 .batch_size(batch_size(self.config.scan_limit))
@@ -367,13 +403,14 @@ impl Relay {
         }
     }
 
-    /// Delivers the claimed aggregates' records and writes the outcome.
+    /// Delivers the claimed aggregates' records; the outcome and the ids
+    /// of the confirmed ones, still to be marked.
     async fn deliver_claimed(
         &self,
         claimed: &[String],
         channel: Option<&Channel>,
         claimed_at: Instant,
-    ) -> Result<RoundOutcome> {
+    ) -> Result<(RoundOutcome, Vec<String>)> {
         let (pending, capped) = self.pending_of(claimed).await?;
         let now = DateTime::now();
         let chains: Vec<Chain> = futures::stream::iter(pending)
@@ -396,11 +433,7 @@ impl Relay {
                 total.waiting = true;
             }
         }
-        // Chaos: the process dies with the records confirmed but not marked;
-        // another relay sends them again once the leases expire.
-        fail::fail_point!("outbox-before-mark", |_| std::process::abort());
-        self.outbox.mark_published(&delivered).await?;
-        Ok(total)
+        Ok((total, delivered))
     }
 
     /// The pending records of `aggregates`, each aggregate's in `seq` order
@@ -649,15 +682,17 @@ impl DueAggregates {
                 .ok()
                 .and_then(|d| d.get_str("kind").ok())
                 .is_some_and(|kind| kind == "amqp");
-            match index.get(aggregate) {
-                Some(&i) => due.aggregates[i].amqp |= amqp,
-                None => {
-                    index.insert(aggregate, due.aggregates.len());
-                    due.aggregates.push(DueAggregate {
-                        id: aggregate.to_string(),
-                        amqp,
-                    });
-                }
+            let i = *index.entry(aggregate).or_insert_with(|| {
+                due.aggregates.push(DueAggregate {
+                    id: aggregate.to_string(),
+                    amqp: false,
+                    records: Vec::new(),
+                });
+                due.aggregates.len() - 1
+            });
+            due.aggregates[i].amqp |= amqp;
+            if let Ok(id) = doc.get_str("_id") {
+                due.aggregates[i].records.push(id.to_string());
             }
         }
         due
@@ -666,12 +701,41 @@ impl DueAggregates {
     fn has_amqp(&self) -> bool {
         self.aggregates.iter().any(|a| a.amqp)
     }
+
+    /// Leaves out the aggregates `busy` holds; whether one of them has a
+    /// due record that `busy` is not marking (so it needs another round).
+    fn skip(&mut self, busy: &Busy) -> bool {
+        let mut deferred = false;
+        self.aggregates.retain(|a| {
+            let held = busy.aggregates.contains(&a.id);
+            deferred |= held && a.records.iter().any(|r| !busy.records.contains(r));
+            !held
+        });
+        deferred
+    }
 }
 
 struct DueAggregate {
     id: String,
     /// One of its due records goes to the broker.
     amqp: bool,
+    /// The ids of its due records that the scan saw.
+    records: Vec<String>,
+}
+
+/// What a finish still running holds: the aggregates it will release and
+/// the records it will mark published (until then they look pending).
+#[derive(Default)]
+struct Busy {
+    aggregates: HashSet<String>,
+    records: HashSet<String>,
+}
+
+/// What a round leaves to write once its last confirm is in: its
+/// confirmed records to mark published and its leases to release.
+struct Finish {
+    delivered: Vec<String>,
+    claimed: Vec<String>,
 }
 
 /// What delivering one aggregate's records came to.
@@ -761,6 +825,10 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     let mut reconnects = relay.broker.as_ref().map(Broker::reconnects);
     // When a round last found the broker unreachable.
     let mut broker_down: Option<Instant> = None;
+    // The previous round's mark and release, written while the next round
+    // scans, claims and publishes, so a commit made meanwhile does not wait
+    // for them.
+    let mut finishing: Option<Finishing> = None;
     while !cancel.is_cancelled() {
         if let Some(since) = broker_down {
             // Reconnect before scanning: while the broker is down a scan
@@ -783,7 +851,25 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 continue;
             }
         }
-        let pause = match relay.run_once().await {
+        if finishing.as_ref().is_some_and(Finishing::is_done) {
+            settle(&mut finishing).await;
+        }
+        let idle = Busy::default();
+        let busy = finishing.as_ref().map_or(&idle, |f| &f.busy);
+        let round = match relay.round(busy).await {
+            Ok((round, finish)) => {
+                // One finish at a time; and a round that left the previous
+                // round's aggregates alone runs again once they are marked.
+                if finish.is_some() || round.deferred {
+                    settle(&mut finishing).await;
+                }
+                finishing = finish.map(|f| Finishing::start(relay.clone(), f));
+                Ok(round)
+            }
+            Err(e) => Err(e),
+        };
+        let pause = match round {
+            Ok(round) if round.deferred && !round.broker_unavailable => continue,
             Ok(round) if round.broker_unavailable => {
                 broker_down = Some(Instant::now());
                 relay.outage.send_replace(true);
@@ -819,7 +905,44 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             _ = tokio::time::sleep(pause) => {}
         }
     }
+    settle(&mut finishing).await;
     tracing::info!("relay stopped");
+}
+
+/// A round's [`Finish`] running in its own task.
+struct Finishing {
+    /// What the next round leaves alone meanwhile.
+    busy: Busy,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Finishing {
+    fn start(relay: Arc<Relay>, finish: Finish) -> Self {
+        Self {
+            busy: Busy {
+                aggregates: finish.claimed.iter().cloned().collect(),
+                records: finish.delivered.iter().cloned().collect(),
+            },
+            task: tokio::spawn(async move { relay.finish(finish).await }),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Waits for a running finish, if any.
+async fn settle(finishing: &mut Option<Finishing>) {
+    let Some(finishing) = finishing.take() else {
+        return;
+    };
+    match finishing.task.await {
+        Ok(Ok(())) => {}
+        // The records stay pending and go again: at least once.
+        Ok(Err(e)) => tracing::warn!(error = %e, "marking a round published failed"),
+        Err(e) => tracing::warn!(error = %e, "marking a round published stopped"),
+    }
 }
 
 /// Waits `pause`, or less if someone else reconnects the broker; local
