@@ -1099,6 +1099,44 @@ mod tests {
     }
 
     #[test]
+    fn aggregates_still_being_marked_are_skipped_and_deferred_only_for_records_not_marked() {
+        let record = |id: &str, aggregate: &str| {
+            doc! {
+                "_id": id,
+                "aggregateId": aggregate,
+                "destination": { "kind": "amqp" },
+                "nextAttemptAt": DateTime::from_millis(1),
+            }
+        };
+        let scan = [record("r1", "a"), record("r2", "b"), record("r3", "a")];
+        let busy = |records: &[&str]| Busy {
+            aggregates: HashSet::from(["a".to_string()]),
+            records: records.iter().map(|r| r.to_string()).collect(),
+        };
+        let ids = |due: &DueAggregates| {
+            due.aggregates
+                .iter()
+                .map(|a| a.id.clone())
+                .collect::<Vec<_>>()
+        };
+
+        let mut due = DueAggregates::from_scan(&scan);
+        assert_eq!(due.aggregates[0].records, ["r1", "r3"]);
+        // Every due record of `a` is being marked: nothing to come back for.
+        assert!(!due.skip(&busy(&["r1", "r3"])));
+        assert_eq!(ids(&due), ["b"]);
+
+        // `r3` came after the round that is marking `r1`.
+        let mut due = DueAggregates::from_scan(&scan);
+        assert!(due.skip(&busy(&["r1"])));
+        assert_eq!(ids(&due), ["b"]);
+
+        let mut due = DueAggregates::from_scan(&scan);
+        assert!(!due.skip(&Busy::default()));
+        assert_eq!(ids(&due), ["a", "b"]);
+    }
+
+    #[test]
     fn a_full_window_at_one_instant_is_stepped_past() {
         let window = Some(Sweep { from: 30, span: 1 });
         assert_eq!(
