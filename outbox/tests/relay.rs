@@ -5,7 +5,7 @@ use bson::doc;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
@@ -438,27 +438,7 @@ async fn full_queue(channel: &Channel, exchange: &str, key: &str) -> String {
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .expect("queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    let queue = common::exclusive_queue(channel, exchange, key, arguments).await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -476,7 +456,7 @@ async fn full_queue(channel: &Channel, exchange: &str, key: &str) -> String {
         .await
         .expect("confirm");
     assert!(confirm.is_ack(), "the first message fits");
-    queue.name().to_string()
+    queue
 }
 
 /// The next `n` messages as (aggregate, n), and then nothing more for a while.

@@ -58,6 +58,18 @@ pub async fn bound_queue(exchange: &str, key: &str) -> (Connection, Channel, Str
         )
         .await
         .expect("exchange");
+    let queue = exclusive_queue(&channel, exchange, key, FieldTable::default()).await;
+    (connection, channel, queue)
+}
+
+/// An exclusive queue with `arguments`, bound to `exchange` with `key`;
+/// its name.
+pub async fn exclusive_queue(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    arguments: FieldTable,
+) -> String {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -65,7 +77,7 @@ pub async fn bound_queue(exchange: &str, key: &str) -> (Connection, Channel, Str
                 exclusive: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            arguments,
         )
         .await
         .expect("queue");
@@ -79,5 +91,5 @@ pub async fn bound_queue(exchange: &str, key: &str) -> (Connection, Channel, Str
         )
         .await
         .expect("bind");
-    (connection, channel, queue.name().to_string())
+    queue.name().to_string()
 }
