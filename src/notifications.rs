@@ -4,7 +4,7 @@ use crate::orders::OrderError;
 use crate::orders::commands::Actor;
 use crate::orders::model::Notification;
 use crate::orders::repository::{Page, Repository};
-use crate::realtime::records::notification_record;
+use crate::realtime::records::{aggregate, notification_record};
 use bson::doc;
 use futures::FutureExt;
 use mongodb::Client;
@@ -99,7 +99,7 @@ impl Notifications {
             })
             .await?;
         if changed && let Some(waker) = &self.waker {
-            waker.wake();
+            waker.hand([aggregate(&notification.order_id)]);
         }
         Ok(notification)
     }

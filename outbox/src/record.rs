@@ -62,6 +62,19 @@ pub struct NewRecord {
 }
 
 impl NewRecord {
+    /// The distinct aggregates of `records`, first seen first: what a writer
+    /// hands to its relay once they are committed
+    /// ([`crate::relay::Waker::hand`]).
+    pub fn aggregates(records: &[NewRecord]) -> Vec<String> {
+        let mut aggregates: Vec<String> = Vec::new();
+        for record in records {
+            if !aggregates.contains(&record.aggregate_id) {
+                aggregates.push(record.aggregate_id.clone());
+            }
+        }
+        aggregates
+    }
+
     pub fn new(
         aggregate_id: impl Into<String>,
         destination: Destination,

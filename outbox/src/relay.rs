@@ -10,7 +10,9 @@
 //! rather than per record.
 //!
 //! The loop wakes on the outbox change stream, on [`Waker::wake`] from the
-//! same process, and on a polling interval as a fallback. While the broker
+//! same process, and on a polling interval as a fallback. A process that
+//! knows which aggregates it just committed hands them over with
+//! [`Waker::hand`] instead, and the round claims them without a scan. While the broker
 //! is unreachable it leaves records for it alone and waits for the broker,
 //! not for commits.
 
@@ -28,7 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use lapin::Channel;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -125,13 +127,58 @@ pub trait Observer: Send + Sync + 'static {
     fn observe(&self, record: &OutboxRecord, delivery: Delivery<'_>);
 }
 
+/// Most aggregates held for the next round; more turn into a scan.
+const HANDED_MAX: usize = 4096;
+
 /// Lets the writing process wake its relay right after a commit.
 #[derive(Clone, Default)]
-pub struct Waker(Arc<Notify>);
+pub struct Waker(Arc<Wakeups>);
+
+#[derive(Default)]
+struct Wakeups {
+    notify: Notify,
+    /// A wake-up since the last round began asked for a scan.
+    scan: AtomicBool,
+    /// Aggregates handed over since the last round began.
+    handed: std::sync::Mutex<Vec<String>>,
+}
 
 impl Waker {
+    /// Something may be due: the next round scans for it.
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.0.scan.store(true, Ordering::Release);
+        self.0.notify.notify_one();
+    }
+
+    /// Records of these aggregates were just committed: the next round
+    /// claims them without scanning, one database round trip less between
+    /// the commit and the confirm. Their records are still read under the
+    /// lease, so a stale hand-over costs a claim and nothing else.
+    pub fn hand<I>(&self, aggregates: I)
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let mut handed = self.0.handed.lock().unwrap_or_else(|e| e.into_inner());
+        handed.extend(aggregates.into_iter().map(Into::into));
+        // Nobody takes them while the broker is down: past a bound, a scan
+        // finds them as well, and memory stays flat.
+        if handed.len() > HANDED_MAX {
+            handed.clear();
+            self.0.scan.store(true, Ordering::Release);
+        }
+        drop(handed);
+        self.0.notify.notify_one();
+    }
+
+    /// What the next round is asked for: a scan, and the aggregates handed over.
+    fn take(&self) -> (bool, Vec<String>) {
+        let handed = std::mem::take(&mut *self.0.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        (self.0.scan.swap(false, Ordering::AcqRel), handed)
+    }
+
+    async fn woken(&self) {
+        self.0.notify.notified().await;
     }
 }
 
@@ -268,7 +315,7 @@ impl Relay {
     /// Aggregates go concurrently on the shared confirm-mode channel; within
     /// one, each record waits for its predecessor's confirm.
     pub async fn run_once(&self) -> Result<RoundOutcome> {
-        let (outcome, finish) = self.round(&Busy::default()).await?;
+        let (outcome, finish) = self.round(&Busy::default(), true, Vec::new()).await?;
         if let Some(finish) = finish {
             self.finish(finish).await?;
         }
@@ -277,9 +324,20 @@ impl Relay {
 
     /// A round up to its last confirm, leaving aggregates in `busy` alone;
     /// what is left to write is returned for [`Relay::finish`], which the
-    /// loop runs while the next round delivers.
-    async fn round(&self, busy: &Busy) -> Result<(RoundOutcome, Option<Finish>)> {
-        let mut due = self.due_aggregates().await?;
+    /// loop runs while the next round delivers. It works on what a scan
+    /// finds, if `scan`, and on the aggregates `handed` over.
+    async fn round(
+        &self,
+        busy: &Busy,
+        scan: bool,
+        handed: Vec<String>,
+    ) -> Result<(RoundOutcome, Option<Finish>)> {
+        let mut due = if scan {
+            self.due_aggregates().await?
+        } else {
+            DueAggregates::default()
+        };
+        due.hand(handed);
         let mut total = RoundOutcome {
             more: self
                 .sweep
@@ -302,6 +360,12 @@ impl Relay {
             },
             _ => None,
         };
+        // A handed-over aggregate counts as going to the broker, since only
+        // a scan tells; without the broker, one finds those that need none.
+        if channel.is_none() && due.has_amqp() && !scan {
+            due = self.due_aggregates().await?;
+            total.deferred |= due.skip(busy);
+        }
         // Without a channel, an aggregate with an AMQP record due could only
         // fail; it is left unclaimed and unread until the broker is back.
         let aggregates: Vec<String> = if channel.is_none() && due.has_amqp() {
@@ -686,16 +750,30 @@ impl DueAggregates {
                 due.aggregates.push(DueAggregate {
                     id: aggregate.to_string(),
                     amqp: false,
-                    records: Vec::new(),
+                    records: Some(Vec::new()),
                 });
                 due.aggregates.len() - 1
             });
             due.aggregates[i].amqp |= amqp;
-            if let Ok(id) = doc.get_str("_id") {
-                due.aggregates[i].records.push(id.to_string());
+            if let (Ok(id), Some(records)) = (doc.get_str("_id"), &mut due.aggregates[i].records) {
+                records.push(id.to_string());
             }
         }
         due
+    }
+
+    /// Adds the handed-over aggregates the scan did not find, after its own.
+    /// What their records are is unknown until they are read.
+    fn hand(&mut self, handed: Vec<String>) {
+        for id in handed {
+            if !self.aggregates.iter().any(|a| a.id == id) {
+                self.aggregates.push(DueAggregate {
+                    id,
+                    amqp: true,
+                    records: None,
+                });
+            }
+        }
     }
 
     fn has_amqp(&self) -> bool {
@@ -708,7 +786,12 @@ impl DueAggregates {
         let mut deferred = false;
         self.aggregates.retain(|a| {
             let held = busy.aggregates.contains(&a.id);
-            deferred |= held && a.records.iter().any(|r| !busy.records.contains(r));
+            // A handed-over aggregate was committed after `busy` was read.
+            let unmarked = a
+                .records
+                .as_ref()
+                .is_none_or(|records| records.iter().any(|r| !busy.records.contains(r)));
+            deferred |= held && unmarked;
             !held
         });
         deferred
@@ -717,10 +800,10 @@ impl DueAggregates {
 
 struct DueAggregate {
     id: String,
-    /// One of its due records goes to the broker.
+    /// One of its due records goes to the broker (or, handed over, may).
     amqp: bool,
-    /// The ids of its due records that the scan saw.
-    records: Vec<String>,
+    /// The ids of its due records that the scan saw; `None` when handed over.
+    records: Option<Vec<String>>,
 }
 
 /// What a finish still running holds: the aggregates it will release and
@@ -829,6 +912,9 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     // scans, claims and publishes, so a commit made meanwhile does not wait
     // for them.
     let mut finishing: Option<Finishing> = None;
+    // Whether the next round scans whatever the wake-ups ask: it does
+    // unless the last wait ended on a wake-up.
+    let mut scan_next = true;
     while !cancel.is_cancelled() {
         if let Some(since) = broker_down {
             // Reconnect before scanning: while the broker is down a scan
@@ -856,7 +942,15 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         }
         let idle = Busy::default();
         let busy = finishing.as_ref().map_or(&idle, |f| &f.busy);
-        let round = match relay.round(busy).await {
+        let (asked, handed) = relay.waker.take();
+        let scan = std::mem::replace(&mut scan_next, true) || asked;
+        let round = if !scan && handed.is_empty() {
+            // A wake-up for aggregates an earlier round already took.
+            Ok((RoundOutcome::default(), None))
+        } else {
+            relay.round(busy, scan, handed).await
+        };
+        let round = match round {
             Ok((round, finish)) => {
                 // One finish at a time; and a round that left the previous
                 // round's aggregates alone runs again once they are marked.
@@ -901,7 +995,7 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = relay.waker.0.notified() => {}
+            _ = relay.waker.woken() => scan_next = false,
             _ = tokio::time::sleep(pause) => {}
         }
     }
@@ -1121,7 +1215,10 @@ mod tests {
         };
 
         let mut due = DueAggregates::from_scan(&scan);
-        assert_eq!(due.aggregates[0].records, ["r1", "r3"]);
+        assert_eq!(
+            due.aggregates[0].records,
+            Some(vec!["r1".to_string(), "r3".to_string()])
+        );
         // Every due record of `a` is being marked: nothing to come back for.
         assert!(!due.skip(&busy(&["r1", "r3"])));
         assert_eq!(ids(&due), ["b"]);
@@ -1134,6 +1231,33 @@ mod tests {
         let mut due = DueAggregates::from_scan(&scan);
         assert!(!due.skip(&Busy::default()));
         assert_eq!(ids(&due), ["a", "b"]);
+
+        // Handed over after the scan: only the new aggregate is added, and
+        // as one that may go to the broker.
+        let mut due = DueAggregates::from_scan(&scan[1..2]);
+        due.hand(vec!["b".into(), "a".into(), "a".into()]);
+        assert_eq!(ids(&due), ["b", "a"]);
+        assert!(due.aggregates[1].amqp && due.aggregates[1].records.is_none());
+        // Its records are unknown, so one being marked is come back for.
+        assert!(due.skip(&busy(&["r1", "r3"])));
+        assert_eq!(ids(&due), ["b"]);
+    }
+
+    #[test]
+    fn a_waker_hands_over_aggregates_once_and_a_flood_of_them_becomes_a_scan() {
+        let waker = Waker::default();
+        assert_eq!(waker.take(), (false, Vec::<String>::new()));
+        waker.hand(["a", "b"]);
+        assert_eq!(
+            waker.take(),
+            (false, vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(waker.take(), (false, Vec::<String>::new()));
+        waker.wake();
+        waker.hand(["c"]);
+        assert_eq!(waker.take(), (true, vec!["c".to_string()]));
+        waker.hand((0..=HANDED_MAX).map(|i| i.to_string()));
+        assert_eq!(waker.take(), (true, Vec::<String>::new()));
     }
 
     #[test]

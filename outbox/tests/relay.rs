@@ -699,3 +699,111 @@ async fn a_backlog_larger_than_a_scan_is_swept_in_windows_and_nothing_behind_is_
     }
     env.db.drop().await.ok();
 }
+
+/// A relay that polls once an hour and has no watcher: only wake-ups and
+/// hand-overs make it run a round.
+fn woken_only(env: &Env) -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..test_relay(env)
+    }
+}
+
+#[tokio::test]
+async fn a_handed_over_aggregate_is_delivered_without_a_scan_and_a_wake_up_scans() {
+    let env = env().await;
+    let (_conn, mut peer) = bound_queue(&env.exchange, "k").await;
+    let record = |agg: &str| {
+        NewRecord::amqp(
+            agg,
+            &env.exchange,
+            "k",
+            serde_json::json!({ "agg": agg, "n": 0 }),
+        )
+    };
+    stage(&env, vec![record("first")]).await;
+    let relay = Relay::new(env.outbox.clone(), woken_only(&env)).with_broker(broker(&env.exchange));
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    // The first round scans; once `first` is in, the relay waits.
+    assert_eq!(
+        receive_exactly(&mut peer, 1).await,
+        [("first".to_string(), 0)]
+    );
+
+    stage(&env, vec![record("handed"), record("left")]).await;
+    waker.hand(["handed"]);
+    // Only the handed-over aggregate goes: no scan found `left`.
+    assert_eq!(
+        receive_exactly(&mut peer, 1).await,
+        [("handed".to_string(), 0)]
+    );
+    let left = env.outbox.records_of("left").await.expect("records");
+    assert_eq!(
+        (left[0].status, left[0].attempts),
+        (RecordStatus::Pending, 0)
+    );
+
+    waker.wake();
+    assert_eq!(
+        receive_exactly(&mut peer, 1).await,
+        [("left".to_string(), 0)]
+    );
+    handle.shutdown().await;
+    env.db.drop().await.ok();
+}
+
+#[tokio::test]
+async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_unreachable() {
+    let env = env().await;
+    let notify = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    let calls = |n: usize| {
+        let notify = notify.clone();
+        async move {
+            while notify.calls.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    stage(
+        &env,
+        vec![NewRecord::command("first", "notify", serde_json::json!({}))],
+    )
+    .await;
+    let relay = Relay::new(env.outbox.clone(), woken_only(&env))
+        .with_broker(Broker::new(BrokerConfig {
+            uri: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            connection_name: "outbox-test-unreachable".into(),
+            connect_timeout: Duration::from_secs(2),
+            topology: Topology::default(),
+        }))
+        .with_handler("notify", notify.clone());
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    // The first round scans and asks nothing of the broker.
+    tokio::time::timeout(Duration::from_secs(10), calls(1))
+        .await
+        .expect("the first command runs");
+
+    stage(
+        &env,
+        vec![NewRecord::command(
+            "order-3",
+            "notify",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    waker.hand(["order-3"]);
+    // A handed-over aggregate may hold AMQP records, and the broker is
+    // down; the round scans to find that it holds none. Without that scan it
+    // would wait for the outage rounds, five seconds apart.
+    tokio::time::timeout(Duration::from_secs(3), calls(2))
+        .await
+        .expect("the handed-over command runs without waiting for the broker");
+    handle.shutdown().await;
+    env.db.drop().await.ok();
+}

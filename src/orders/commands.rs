@@ -126,7 +126,8 @@ impl Orders {
         }
     }
 
-    /// Wake this process's relay after each commit (saves a polling interval).
+    /// Hand each commit's aggregates to this process's relay, which then
+    /// delivers them without waiting for a poll or scanning for them.
     pub fn with_waker(mut self, waker: Waker) -> Self {
         self.waker = Some(waker);
         self
@@ -145,11 +146,15 @@ impl Orders {
         }
     }
 
-    pub(crate) fn committed(&self) {
+    /// After a commit that staged records of `aggregates` (none for a
+    /// create): hands them to this process's relay.
+    pub(crate) fn committed(&self, aggregates: Vec<String>) {
         // Chaos: the process dies after its commit, before its relay publishes.
         fail::fail_point!("order-committed", |_| std::process::abort());
-        if let Some(waker) = &self.waker {
-            waker.wake();
+        if let Some(waker) = &self.waker
+            && !aggregates.is_empty()
+        {
+            waker.hand(aggregates);
         }
     }
 
@@ -176,7 +181,7 @@ impl Orders {
         })
         .await?;
         if !result.replayed {
-            self.committed();
+            self.committed(Vec::new());
         }
         Ok(result)
     }
@@ -583,7 +588,7 @@ impl Orders {
         let repo = self.repo.clone();
         let outbox = self.outbox.clone();
         let order_id = order_id.to_string();
-        let (order, changed) = transaction::run(&self.client, &self.policy, move |session| {
+        let (order, staged) = transaction::run(&self.client, &self.policy, move |session| {
             let (repo, outbox, ctx, decide, guard, order_id) = (
                 repo.clone(),
                 outbox.clone(),
@@ -604,7 +609,7 @@ impl Orders {
                         )
                         .await?
                 {
-                    return Ok::<_, OrderError>((None, false));
+                    return Ok::<_, OrderError>((None, None));
                 }
                 let current = repo
                     .by_order_id_in(session, &order_id)
@@ -612,19 +617,20 @@ impl Orders {
                     .ok_or(OrderError::NotFound)?;
                 let now = Utc::now();
                 match decide(&current, &ctx, now)? {
-                    Decision::Unchanged => Ok((Some(current), false)),
+                    Decision::Unchanged => Ok((Some(current), None)),
                     Decision::Change(change) => {
-                        let order =
+                        let (order, staged) =
                             write(session, &repo, &outbox, &ctx, &current, *change, now).await?;
-                        Ok((Some(order), true))
+                        Ok((Some(order), Some(staged)))
                     }
                 }
             }
             .boxed()
         })
         .await?;
-        if changed {
-            self.committed();
+        // Only a change was committed: `staged` holds its aggregates.
+        if let Some(staged) = staged {
+            self.committed(staged);
         }
         Ok(order)
     }
@@ -661,7 +667,8 @@ fn announce(
 }
 
 /// Writes a change on top of `current`; fails with a retryable conflict if
-/// another writer got there first.
+/// another writer got there first. Returns the order written and the
+/// aggregates of the records staged with it.
 async fn write(
     session: &mut ClientSession,
     repo: &Repository,
@@ -670,7 +677,7 @@ async fn write(
     current: &Order,
     change: Change,
     now: DateTime<Utc>,
-) -> Result<Order, OrderError> {
+) -> Result<(Order, Vec<String>), OrderError> {
     let mut order = change.order;
     order.version = current.version + 1;
     order.updated_at = now;
@@ -700,8 +707,9 @@ async fn write(
             .iter()
             .map(|note| ctx.stamp(realtime::records::notification_record(Some(&order), note))),
     );
+    let aggregates = NewRecord::aggregates(&records);
     outbox.stage(session, records).await?;
-    Ok(order)
+    Ok((order, aggregates))
 }
 
 async fn create_in(

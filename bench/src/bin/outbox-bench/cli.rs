@@ -27,6 +27,8 @@ usage: outbox-bench [flags]
   --only LIST              comma-separated phases: tx,broker,floor,e2e,latency,drain,http,outage
   --no-monitor             no driver command monitoring (to check its overhead)
   --no-watch               relay without its change-stream watcher (to measure its cost)
+  --no-hand                producers wake the relay to scan instead of handing it their
+                           aggregate (to measure the hand-over)
 ";
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ pub struct Args {
     pub only: Option<Vec<String>>,
     pub monitor: bool,
     pub watch: bool,
+    /// Producers hand their aggregate to the relay rather than wake it to scan.
+    pub hand: bool,
 }
 
 pub const PHASES: &[&str] = &[
@@ -78,6 +82,7 @@ impl Args {
             only: None,
             monitor: true,
             watch: true,
+            hand: true,
         };
         while let Some(flag) = argv.next() {
             if flag == "--help" || flag == "-h" {
@@ -89,6 +94,10 @@ impl Args {
             }
             if flag == "--no-watch" {
                 args.watch = false;
+                continue;
+            }
+            if flag == "--no-hand" {
+                args.hand = false;
                 continue;
             }
             let value = argv

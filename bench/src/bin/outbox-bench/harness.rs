@@ -214,6 +214,7 @@ impl Bench {
             outbox,
             confirms,
             waker,
+            hand: self.args.hand,
             handle: Some(handle),
         })
     }
@@ -366,6 +367,8 @@ pub struct Pipeline {
     pub outbox: Outbox,
     pub confirms: Arc<Confirms>,
     pub waker: Waker,
+    /// Whether producers hand their aggregate over or wake the relay to scan.
+    hand: bool,
     handle: Option<RelayHandle>,
 }
 
@@ -377,6 +380,7 @@ impl Pipeline {
             outbox,
             confirms: Arc::new(Confirms::default()),
             waker: Waker::default(),
+            hand: false,
             handle: None,
         }
     }
@@ -394,6 +398,7 @@ impl Pipeline {
             orders: self.orders.clone(),
             outbox: self.outbox.clone(),
             waker: self.waker.clone(),
+            hand: self.hand,
         }
     }
 }
@@ -405,11 +410,12 @@ pub struct Producer {
     orders: Collection<Document>,
     outbox: Outbox,
     waker: Waker,
+    hand: bool,
 }
 
 impl Producer {
-    /// Order `i` and one `key` event for it in one transaction, then wakes
-    /// the relay; the record ids and the commit instant.
+    /// Order `i` and one `key` event for it in one transaction, then hands
+    /// the order to the relay; the record ids and the commit instant.
     pub async fn order_with_event(
         &self,
         exchange: &str,
@@ -426,7 +432,11 @@ impl Producer {
         )
         .await?;
         let at = Instant::now();
-        self.waker.wake();
+        if self.hand {
+            self.waker.hand([order_id]);
+        } else {
+            self.waker.wake();
+        }
         Ok((ids, at))
     }
 }
