@@ -219,12 +219,19 @@ impl Bench {
         })
     }
 
-    /// Drops every database the run made and the run's exchange.
-    pub async fn cleanup(&self) {
+    /// Drops the databases made so far. Between phases, so that one
+    /// phase's data (which the server keeps caching and checkpointing)
+    /// does not weigh on the next.
+    pub async fn drop_databases(&self) {
         let databases = std::mem::take(&mut *lock(&self.databases));
         for db in databases {
             let _ = db.drop().await;
         }
+    }
+
+    /// Drops every database the run made and the run's exchange.
+    pub async fn cleanup(&self) {
+        self.drop_databases().await;
         if let Ok(connection) =
             Connection::connect(&self.args.amqp, ConnectionProperties::default()).await
         {

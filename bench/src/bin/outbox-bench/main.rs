@@ -82,21 +82,25 @@ async fn run(bench: &harness::Bench, watched: &sys::Watched) -> Result<report::R
         let tx = phases::raw_transactions(bench, watched).await?;
         eprintln!("    {:.1} tx/s", tx.rate());
         results.tx = Some(tx);
+        bench.drop_databases().await;
     }
     if args.runs("broker") {
         eprintln!("2/7 raw broker ...");
         let broker = phases::raw_broker(bench, watched).await?;
         eprintln!("    {:.1} msg/s", broker.rate());
         results.broker = Some(broker);
+        bench.drop_databases().await;
     }
     if args.runs("floor") {
         eprintln!("1b, 1c database floor: commit, read, mark ...");
         let commit = floor::commit_and_mark(bench, watched).await?;
         eprintln!("    {:.1} /s under load", commit.rate());
         results.floor_commit = Some(commit);
+        bench.drop_databases().await;
         let backlog = floor::backlog(bench, watched).await?;
         eprintln!("    {:.1} rec/s for a backlog", backlog.rate());
         results.floor_backlog = Some(backlog);
+        bench.drop_databases().await;
     }
     let mut max_rate = None;
     if args.runs("e2e") {
@@ -105,6 +109,7 @@ async fn run(bench: &harness::Bench, watched: &sys::Watched) -> Result<report::R
         eprintln!("    {:.1} /s", e2e.throughput.rate());
         max_rate = Some(e2e.throughput.rate());
         results.e2e = Some(e2e);
+        bench.drop_databases().await;
     }
     if args.runs("latency") {
         let max = match max_rate {
@@ -114,18 +119,21 @@ async fn run(bench: &harness::Bench, watched: &sys::Watched) -> Result<report::R
         eprintln!("4/7 latency at 25/50/90 % of {max:.1} /s ...");
         results.levels = phases::latency(bench, watched, max).await?;
         max_rate = Some(max);
+        bench.drop_databases().await;
     }
     if args.runs("drain") {
         eprintln!("5/7 backlog drain of {} records ...", args.records);
         let drain = phases::drain(bench, watched).await?;
         eprintln!("    {:.1} rec/s", drain.rate());
         results.drain = Some(drain);
+        bench.drop_databases().await;
     }
     if args.runs("http") {
         eprintln!("6/7 HTTP create ...");
         let http = phases::http(bench, watched).await?;
         eprintln!("    {:.1} req/s", http.throughput.rate());
         results.http = Some(http);
+        bench.drop_databases().await;
     }
     if args.runs("outage") {
         // Both approaches run at once, each at a quarter of the maximum,
