@@ -765,8 +765,9 @@ impl DueAggregates {
     /// Adds the handed-over aggregates the scan did not find, after its own.
     /// What their records are is unknown until they are read.
     fn hand(&mut self, handed: Vec<String>) {
+        let mut known: HashSet<String> = self.aggregates.iter().map(|a| a.id.clone()).collect();
         for id in handed {
-            if !self.aggregates.iter().any(|a| a.id == id) {
+            if known.insert(id.clone()) {
                 self.aggregates.push(DueAggregate {
                     id,
                     amqp: true,
@@ -913,8 +914,13 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     // for them.
     let mut finishing: Option<Finishing> = None;
     // Whether the next round scans whatever the wake-ups ask: it does
-    // unless the last wait ended on a wake-up.
+    // unless the last wait ended on a wake-up, and at least once per
+    // `poll_interval` however often hand-overs wake the relay (only a scan
+    // finds retries that came due, records of aggregates another instance
+    // held, and expired leases).
     let mut scan_next = true;
+    let mut last_scan = Instant::now();
+    let mut pause = relay.config.poll_interval;
     while !cancel.is_cancelled() {
         if let Some(since) = broker_down {
             // Reconnect before scanning: while the broker is down a scan
@@ -940,62 +946,74 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         if finishing.as_ref().is_some_and(Finishing::is_done) {
             settle(&mut finishing).await;
         }
-        let idle = Busy::default();
-        let busy = finishing.as_ref().map_or(&idle, |f| &f.busy);
         let (asked, handed) = relay.waker.take();
         let scan = std::mem::replace(&mut scan_next, true) || asked;
-        let round = if !scan && handed.is_empty() {
-            // A wake-up for aggregates an earlier round already took.
-            Ok((RoundOutcome::default(), None))
-        } else {
-            relay.round(busy, scan, handed).await
-        };
-        let round = match round {
-            Ok((round, finish)) => {
-                // One finish at a time; and a round that left the previous
-                // round's aggregates alone runs again once they are marked.
-                if finish.is_some() || round.deferred {
-                    settle(&mut finishing).await;
+        // Otherwise the wake-up was for aggregates an earlier round took,
+        // and the wait goes on as it was.
+        if scan || !handed.is_empty() {
+            if scan {
+                last_scan = Instant::now();
+            }
+            let idle = Busy::default();
+            let busy = finishing.as_ref().map_or(&idle, |f| &f.busy);
+            let round = match relay.round(busy, scan, handed).await {
+                Ok((round, finish)) => {
+                    // A round that left the running finish's aggregates
+                    // alone runs again once they are marked. The finish is
+                    // kept until it is settled: dropping it would lose what
+                    // it holds, and a later round could claim its
+                    // aggregates (their leases are this instance's own) and
+                    // send their records again.
+                    if round.deferred {
+                        settle(&mut finishing).await;
+                    }
+                    // One finish at a time.
+                    if let Some(finish) = finish {
+                        settle(&mut finishing).await;
+                        finishing = Some(Finishing::start(relay.clone(), finish));
+                    }
+                    Ok(round)
                 }
-                finishing = finish.map(|f| Finishing::start(relay.clone(), f));
-                Ok(round)
-            }
-            Err(e) => Err(e),
-        };
-        let pause = match round {
-            Ok(round) if round.deferred && !round.broker_unavailable => continue,
-            Ok(round) if round.broker_unavailable => {
-                broker_down = Some(Instant::now());
-                relay.outage.send_replace(true);
-                let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
-                if wait_for_broker(&cancel, reconnects.as_mut(), pause).await {
-                    break;
+                Err(e) => Err(e),
+            };
+            pause = match round {
+                Ok(round) if round.deferred && !round.broker_unavailable => continue,
+                Ok(round) if round.broker_unavailable => {
+                    broker_down = Some(Instant::now());
+                    relay.outage.send_replace(true);
+                    let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
+                    if wait_for_broker(&cancel, reconnects.as_mut(), pause).await {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            // Work left behind: at once. Otherwise a commit made during the
-            // round has already left its wake-up, and the wait ends at once.
-            Ok(round) if round.progressed() && round.more => {
-                outage = outage_backoff();
-                continue;
-            }
-            Ok(round) if round.progressed() => {
-                outage = outage_backoff();
-                relay.config.poll_interval
-            }
-            Ok(round) if round.waiting => outage.next().unwrap_or(Duration::from_secs(5)),
-            Ok(_) => {
-                outage = outage_backoff();
-                relay.config.poll_interval
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "relay round failed");
-                outage.next().unwrap_or(Duration::from_secs(5))
-            }
-        };
+                // Work left behind: at once. Otherwise a commit made during
+                // the round has already left its wake-up, and the wait ends
+                // at once.
+                Ok(round) if round.progressed() && round.more => {
+                    outage = outage_backoff();
+                    continue;
+                }
+                Ok(round) if round.progressed() => {
+                    outage = outage_backoff();
+                    relay.config.poll_interval
+                }
+                Ok(round) if round.waiting => outage.next().unwrap_or(Duration::from_secs(5)),
+                Ok(_) => {
+                    outage = outage_backoff();
+                    relay.config.poll_interval
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay round failed");
+                    outage.next().unwrap_or(Duration::from_secs(5))
+                }
+            };
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = relay.waker.woken() => scan_next = false,
+            _ = relay.waker.woken() => {
+                scan_next = last_scan.elapsed() >= relay.config.poll_interval;
+            }
             _ = tokio::time::sleep(pause) => {}
         }
     }

@@ -807,3 +807,47 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
     handle.shutdown().await;
     env.db.drop().await.ok();
 }
+
+#[tokio::test]
+async fn hand_overs_more_frequent_than_the_poll_do_not_hold_off_its_scan() {
+    let env = env().await;
+    let (_conn, mut peer) = bound_queue(&env.exchange, "k").await;
+    let record = |agg: &str| {
+        NewRecord::amqp(
+            agg,
+            &env.exchange,
+            "k",
+            serde_json::json!({ "agg": agg, "n": 0 }),
+        )
+    };
+    stage(&env, vec![record("first")]).await;
+    let config = RelayConfig {
+        poll_interval: Duration::from_millis(300),
+        ..test_relay(&env)
+    };
+    let relay = Relay::new(env.outbox.clone(), config).with_broker(broker(&env.exchange));
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    assert_eq!(
+        receive_exactly(&mut peer, 1).await,
+        [("first".to_string(), 0)]
+    );
+
+    // Every 20 ms a hand-over (of an aggregate with nothing pending) wakes
+    // the relay, far more often than it polls.
+    let handing = tokio::spawn(async move {
+        loop {
+            waker.hand(["idle"]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // Neither handed over nor announced: only the polling scan finds it.
+    stage(&env, vec![record("unannounced")]).await;
+    assert_eq!(
+        receive_exactly(&mut peer, 1).await,
+        [("unannounced".to_string(), 0)]
+    );
+    handing.abort();
+    handle.shutdown().await;
+    env.db.drop().await.ok();
+}
