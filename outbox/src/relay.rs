@@ -12,9 +12,9 @@
 //! The loop wakes on the outbox change stream, on [`Waker::wake`] from the
 //! same process, and on a polling interval as a fallback. A process that
 //! knows which aggregates it just committed hands them over with
-//! [`Waker::hand`] instead, and the round claims them without a scan. While the broker
-//! is unreachable it leaves records for it alone and waits for the broker,
-//! not for commits.
+//! [`Waker::hand`] instead, and the round claims them without a scan.
+//! While the broker is unreachable it leaves records for it alone and
+//! waits for the broker, not for commits.
 
 use crate::broker::Broker;
 use crate::error::Result;

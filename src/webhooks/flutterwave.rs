@@ -123,17 +123,18 @@ impl WebhookReceiver {
     ) -> Result<Receipt, OrderError> {
         let key = format!("{}:{}", event.event, event.data.id);
         let (inbox, outbox, repo) = (self.inbox.clone(), self.outbox.clone(), self.repo.clone());
-        let receipt = transaction::run(&self.client, &RetryPolicy::default(), move |session| {
+        // With the aggregate of the command staged, if one was.
+        let (receipt, staged) = transaction::run(&self.client, &RetryPolicy::default(), move |session| {
             let (inbox, outbox, repo, event, key) = (inbox.clone(), outbox.clone(), repo.clone(), event.clone(), key.clone());
             let (correlation_id, traceparent) = (correlation_id.clone(), traceparent.clone());
             async move {
                 let tx_ref = event.data.tx_ref.clone().unwrap_or_default();
                 let details = doc! { "event": &event.event, "transactionId": event.data.id as i64, "txRef": &tx_ref };
                 if !inbox.record(session, CONSUMER, &key, details).await? {
-                    return Ok::<_, OrderError>(Receipt::Duplicate);
+                    return Ok::<_, OrderError>((Receipt::Duplicate, None));
                 }
                 if event.event != "charge.completed" {
-                    return Ok(Receipt::Ignored);
+                    return Ok((Receipt::Ignored, None));
                 }
                 // Per-order ordering needs the order's id as the aggregate;
                 // an unknown reference gets its own, and the command parks it.
@@ -142,22 +143,20 @@ impl WebhookReceiver {
                     None => format!("webhook:{tx_ref}"),
                 };
                 let command = NewRecord::command(
-                    aggregate,
+                    aggregate.clone(),
                     VERIFY_COMMAND,
                     serde_json::json!({ "transactionId": event.data.id.to_string(), "txRef": tx_ref, "event": event.event }),
                 )
                 .with_correlation(Some(correlation_id))
                 .with_header("traceparent", traceparent);
                 outbox.stage(session, vec![command]).await?;
-                Ok(Receipt::Accepted)
+                Ok((Receipt::Accepted, Some(aggregate)))
             }
             .boxed()
         })
         .await?;
-        if receipt == Receipt::Accepted
-            && let Some(waker) = &self.waker
-        {
-            waker.wake();
+        if let (Some(aggregate), Some(waker)) = (staged, &self.waker) {
+            waker.hand([aggregate]);
         }
         Ok(receipt)
     }
