@@ -851,3 +851,58 @@ async fn hand_overs_more_frequent_than_the_poll_do_not_hold_off_its_scan() {
     handle.shutdown().await;
     env.db.drop().await.ok();
 }
+
+#[tokio::test]
+async fn a_round_with_nothing_to_mark_keeps_the_running_mark_so_nothing_is_sent_twice() {
+    const RECORDS: i64 = 1500;
+    let env = env().await;
+    let records = (0..RECORDS)
+        .map(|n| NewRecord::command("bulk", "count", serde_json::json!({ "n": n })))
+        .collect();
+    stage(&env, records).await;
+    let counter = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    let config = RelayConfig {
+        per_aggregate: RECORDS,
+        ..woken_only(&env)
+    };
+    let relay = Relay::new(env.outbox.clone(), config).with_handler("count", counter.clone());
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while counter.calls.load(Ordering::SeqCst) < RECORDS as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every record delivered once");
+
+    // The round's mark of all of them now runs (about a second on
+    // SecantusDB). A scan meanwhile finds them pending but being marked: a
+    // round with nothing to do and nothing to mark.
+    waker.wake();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A hand-over of the same aggregate must wait for that mark, not claim
+    // the aggregate again and send what is not marked yet.
+    waker.hand(["bulk"]);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let records = env.outbox.records_of("bulk").await.expect("records");
+            if records.iter().all(|r| r.status == RecordStatus::Published) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("all marked published");
+    handle.shutdown().await;
+    assert_eq!(
+        counter.calls.load(Ordering::SeqCst),
+        RECORDS as usize,
+        "no record was sent twice"
+    );
+    env.db.drop().await.ok();
+}
