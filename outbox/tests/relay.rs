@@ -10,11 +10,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use outbox::handler::HandlerFuture;
-use outbox::relay::{Delivery, Observer};
+use outbox::relay::{Delivery, Observer, Waker};
 use outbox::transaction::{self, RetryPolicy};
 use outbox::{
     Broker, BrokerConfig, DeliveryError, ExchangeSpec, Handler, Inbox, NewRecord, Outbox,
-    OutboxRecord, RecordStatus, Relay, RelayConfig, Topology,
+    OutboxRecord, RecordStatus, Relay, RelayConfig, RelayHandle, Topology,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,6 +86,16 @@ async fn stage(env: &Env, records: Vec<NewRecord>) -> Vec<String> {
     .expect("commit")
 }
 
+/// An AMQP record for key `k` that [`receive_exactly`] reads as `(agg, n)`.
+fn message(env: &Env, agg: &str, n: i64) -> NewRecord {
+    NewRecord::amqp(
+        agg,
+        &env.exchange,
+        "k",
+        serde_json::json!({ "agg": agg, "n": n }),
+    )
+}
+
 fn test_relay(_env: &Env) -> RelayConfig {
     RelayConfig {
         watch_changes: false,
@@ -104,17 +114,12 @@ async fn committed_records_are_published_in_order_with_stable_ids() {
         let records = ["a", "b"]
             .iter()
             .map(|agg| {
-                NewRecord::amqp(
-                    *agg,
-                    &env.exchange,
-                    "k",
-                    serde_json::json!({ "agg": agg, "n": round }),
-                )
-                .with_header(
-                    "traceparent",
-                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                )
-                .with_correlation(Some("corr-1".into()))
+                message(&env, agg, round)
+                    .with_header(
+                        "traceparent",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    )
+                    .with_correlation(Some("corr-1".into()))
             })
             .collect();
         ids.extend(stage(&env, records).await);
@@ -216,6 +221,15 @@ async fn an_aborted_transaction_stages_nothing() {
 struct Flaky {
     calls: AtomicUsize,
     fail_first: usize,
+}
+
+impl Flaky {
+    /// Until the handler has been called `n` times.
+    async fn called(&self, n: usize) {
+        while self.calls.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Handler for Flaky {
@@ -639,16 +653,7 @@ async fn a_backlog_larger_than_a_scan_is_swept_in_windows_and_nothing_behind_is_
     // One transaction per aggregate, so the backlog spans many instants.
     for a in 0..AGGREGATES {
         let agg = format!("agg-{a:02}");
-        let records = (0..3)
-            .map(|n| {
-                NewRecord::amqp(
-                    &agg,
-                    &env.exchange,
-                    "k",
-                    serde_json::json!({ "agg": agg, "n": n }),
-                )
-            })
-            .collect();
+        let records = (0..3).map(|n| message(&env, &agg, n)).collect();
         stage(&env, records).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -665,16 +670,7 @@ async fn a_backlog_larger_than_a_scan_is_swept_in_windows_and_nothing_behind_is_
     relay.run_once().await.expect("round");
     // A record that is due from before the sweep's position, as a record
     // committed late or handed back by another relay would be.
-    let late = stage(
-        &env,
-        vec![NewRecord::amqp(
-            "late",
-            &env.exchange,
-            "k",
-            serde_json::json!({ "agg": "late", "n": 0 }),
-        )],
-    )
-    .await;
+    let late = stage(&env, vec![message(&env, "late", 0)]).await;
     env.db
         .collection::<bson::Document>("outbox")
         .update_one(
@@ -709,29 +705,33 @@ fn woken_only(env: &Env) -> RelayConfig {
     }
 }
 
+/// A relay started with `config` once its first round, a scan, has
+/// delivered a record: from then on it waits for a wake-up, a hand-over
+/// or its poll.
+async fn started_past_its_first_round(
+    env: &Env,
+    peer: &mut lapin::Consumer,
+    config: RelayConfig,
+) -> (Waker, RelayHandle) {
+    stage(env, vec![message(env, "first", 0)]).await;
+    let relay = Relay::new(env.outbox.clone(), config).with_broker(broker(&env.exchange));
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    assert_eq!(receive_exactly(peer, 1).await, [("first".to_string(), 0)]);
+    (waker, handle)
+}
+
 #[tokio::test]
 async fn a_handed_over_aggregate_is_delivered_without_a_scan_and_a_wake_up_scans() {
     let env = env().await;
     let (_conn, mut peer) = bound_queue(&env.exchange, "k").await;
-    let record = |agg: &str| {
-        NewRecord::amqp(
-            agg,
-            &env.exchange,
-            "k",
-            serde_json::json!({ "agg": agg, "n": 0 }),
-        )
-    };
-    stage(&env, vec![record("first")]).await;
-    let relay = Relay::new(env.outbox.clone(), woken_only(&env)).with_broker(broker(&env.exchange));
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
-    // The first round scans; once `first` is in, the relay waits.
-    assert_eq!(
-        receive_exactly(&mut peer, 1).await,
-        [("first".to_string(), 0)]
-    );
+    let (waker, handle) = started_past_its_first_round(&env, &mut peer, woken_only(&env)).await;
 
-    stage(&env, vec![record("handed"), record("left")]).await;
+    stage(
+        &env,
+        vec![message(&env, "handed", 0), message(&env, "left", 0)],
+    )
+    .await;
     waker.hand(["handed"]);
     // Only the handed-over aggregate goes: no scan found `left`.
     assert_eq!(
@@ -760,14 +760,6 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
         calls: AtomicUsize::new(0),
         fail_first: 0,
     });
-    let calls = |n: usize| {
-        let notify = notify.clone();
-        async move {
-            while notify.calls.load(Ordering::SeqCst) < n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
     stage(
         &env,
         vec![NewRecord::command("first", "notify", serde_json::json!({}))],
@@ -784,7 +776,7 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
     let waker = relay.waker();
     let handle = relay.start(tokio_util::sync::CancellationToken::new());
     // The first round scans and asks nothing of the broker.
-    tokio::time::timeout(Duration::from_secs(10), calls(1))
+    tokio::time::timeout(Duration::from_secs(10), notify.called(1))
         .await
         .expect("the first command runs");
 
@@ -801,7 +793,7 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
     // A handed-over aggregate may hold AMQP records, and the broker is
     // down; the round scans to find that it holds none. Without that scan it
     // would wait for the outage rounds, five seconds apart.
-    tokio::time::timeout(Duration::from_secs(3), calls(2))
+    tokio::time::timeout(Duration::from_secs(3), notify.called(2))
         .await
         .expect("the handed-over command runs without waiting for the broker");
     handle.shutdown().await;
@@ -812,26 +804,11 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
 async fn hand_overs_more_frequent_than_the_poll_do_not_hold_off_its_scan() {
     let env = env().await;
     let (_conn, mut peer) = bound_queue(&env.exchange, "k").await;
-    let record = |agg: &str| {
-        NewRecord::amqp(
-            agg,
-            &env.exchange,
-            "k",
-            serde_json::json!({ "agg": agg, "n": 0 }),
-        )
-    };
-    stage(&env, vec![record("first")]).await;
     let config = RelayConfig {
         poll_interval: Duration::from_millis(300),
         ..test_relay(&env)
     };
-    let relay = Relay::new(env.outbox.clone(), config).with_broker(broker(&env.exchange));
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
-    assert_eq!(
-        receive_exactly(&mut peer, 1).await,
-        [("first".to_string(), 0)]
-    );
+    let (waker, handle) = started_past_its_first_round(&env, &mut peer, config).await;
 
     // Every 20 ms a hand-over (of an aggregate with nothing pending) wakes
     // the relay, far more often than it polls.
@@ -842,7 +819,7 @@ async fn hand_overs_more_frequent_than_the_poll_do_not_hold_off_its_scan() {
         }
     });
     // Neither handed over nor announced: only the polling scan finds it.
-    stage(&env, vec![record("unannounced")]).await;
+    stage(&env, vec![message(&env, "unannounced", 0)]).await;
     assert_eq!(
         receive_exactly(&mut peer, 1).await,
         [("unannounced".to_string(), 0)]
@@ -871,13 +848,9 @@ async fn a_round_with_nothing_to_mark_keeps_the_running_mark_so_nothing_is_sent_
     let relay = Relay::new(env.outbox.clone(), config).with_handler("count", counter.clone());
     let waker = relay.waker();
     let handle = relay.start(tokio_util::sync::CancellationToken::new());
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while counter.calls.load(Ordering::SeqCst) < RECORDS as usize {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("every record delivered once");
+    tokio::time::timeout(Duration::from_secs(30), counter.called(RECORDS as usize))
+        .await
+        .expect("every record delivered once");
 
     // The round's mark of all of them now runs (about a second on
     // SecantusDB). A scan meanwhile finds them pending but being marked: a
