@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Most ids one `$in` carries. The Python SecantusDB matches an `$in` by
 /// walking its list for every candidate, so one long list costs the square
 /// of its length; several short ones in parallel stay linear.
-pub(crate) const IN_CHUNK: usize = 64;
+pub const IN_CHUNK: usize = 64;
 
 #[derive(Clone)]
 pub struct Leases {

@@ -765,6 +765,9 @@ impl DueAggregates {
     /// Adds the handed-over aggregates the scan did not find, after its own.
     /// What their records are is unknown until they are read.
     fn hand(&mut self, handed: Vec<String>) {
+        if handed.is_empty() {
+            return;
+        }
         let mut known: HashSet<String> = self.aggregates.iter().map(|a| a.id.clone()).collect();
         for id in handed {
             if known.insert(id.clone()) {

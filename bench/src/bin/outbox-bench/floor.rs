@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use futures::future::try_join_all;
 use mongodb::Collection;
 use outbox::Outbox;
+use outbox::lease::IN_CHUNK;
 use outbox::store::OutboxConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,9 +100,6 @@ pub async fn commit_and_mark(bench: &Bench, watched: &Watched) -> Result<Through
     })
 }
 
-/// The relay's `$in` chunk when it reads aggregates' pending records.
-const READ_CHUNK: usize = 64;
-
 /// Row 1c: `--records` staged as for the drain, then read and marked a
 /// round at a time; records per second. The floor is told which
 /// aggregates hold the backlog, so it needs no scan: each round reads the
@@ -116,7 +114,7 @@ pub async fn backlog(bench: &Bench, watched: &Watched) -> Result<Throughput, Box
     let started = Instant::now();
     let mut marked = 0;
     for round in backlog.aggregates.chunks(per_round) {
-        let reads = round.chunks(READ_CHUNK).map(|chunk| {
+        let reads = round.chunks(IN_CHUNK).map(|chunk| {
             let records = records.clone();
             async move {
                 records
