@@ -140,7 +140,15 @@ struct Wakeups {
     /// A wake-up since the last round began asked for a scan.
     scan: AtomicBool,
     /// Aggregates handed over since the last round began.
-    handed: std::sync::Mutex<Vec<String>>,
+    handed: std::sync::Mutex<Handed>,
+}
+
+/// Handed-over aggregates, each once, in the order first handed: a busy
+/// order handed over on every change counts once toward the bound.
+#[derive(Default)]
+struct Handed {
+    order: Vec<String>,
+    seen: HashSet<String>,
 }
 
 impl Waker {
@@ -160,11 +168,16 @@ impl Waker {
         I::Item: Into<String>,
     {
         let mut handed = self.0.handed.lock().unwrap_or_else(|e| e.into_inner());
-        handed.extend(aggregates.into_iter().map(Into::into));
+        for aggregate in aggregates {
+            let aggregate = aggregate.into();
+            if handed.seen.insert(aggregate.clone()) {
+                handed.order.push(aggregate);
+            }
+        }
         // Nobody takes them while the broker is down: past a bound, a scan
         // finds them as well, and memory stays flat.
-        if handed.len() > HANDED_MAX {
-            handed.clear();
+        if handed.order.len() > HANDED_MAX {
+            *handed = Handed::default();
             self.0.scan.store(true, Ordering::Release);
         }
         drop(handed);
@@ -174,7 +187,7 @@ impl Waker {
     /// What the next round is asked for: a scan, and the aggregates handed over.
     fn take(&self) -> (bool, Vec<String>) {
         let handed = std::mem::take(&mut *self.0.handed.lock().unwrap_or_else(|e| e.into_inner()));
-        (self.0.scan.swap(false, Ordering::AcqRel), handed)
+        (self.0.scan.swap(false, Ordering::AcqRel), handed.order)
     }
 
     async fn woken(&self) {
@@ -361,10 +374,11 @@ impl Relay {
             _ => None,
         };
         // A handed-over aggregate counts as going to the broker, since only
-        // a scan tells; without the broker, one finds those that need none.
+        // its records tell; without the broker, reading the kinds of its
+        // due records finds those that need none.
         if channel.is_none() && due.has_amqp() && !scan {
-            due = self.due_aggregates().await?;
-            total.deferred |= due.skip(busy);
+            let handed: Vec<String> = due.aggregates.into_iter().map(|a| a.id).collect();
+            due = self.due_of(&handed).await?;
         }
         // Without a channel, an aggregate with an AMQP record due could only
         // fail; it is left unclaimed and unread until the broker is back.
@@ -443,17 +457,8 @@ impl Relay {
                     (range, to)
                 }
             };
-            let raw = self.outbox.records.clone_with_type::<Document>();
-            let scanned: Vec<Document> = raw
-                .find(doc! { "status": "pending", "nextAttemptAt": range })
-                .projection(
-                    doc! { "_id": 1, "aggregateId": 1, "destination.kind": 1, "nextAttemptAt": 1 },
-                )
-                .sort(doc! { "status": 1, "nextAttemptAt": 1 })
-                .limit(self.config.scan_limit)
-                .batch_size(batch_size(self.config.scan_limit))
-                .await?
-                .try_collect()
+            let scanned = self
+                .scan(doc! { "status": "pending", "nextAttemptAt": range })
                 .await?;
             let next = next_sweep(sweep, &scanned, self.config.scan_limit, to, now);
             *self.sweep.lock().unwrap_or_else(|e| e.into_inner()) = next;
@@ -465,6 +470,38 @@ impl Relay {
             }
             return Ok(DueAggregates::from_scan(&scanned));
         }
+    }
+
+    /// The due records of these aggregates, wherever a sweep stands, as a
+    /// scan would find them. They are not claimed or read whole.
+    async fn due_of(&self, aggregates: &[String]) -> Result<DueAggregates> {
+        let now = DateTime::now();
+        let finds = aggregates.chunks(IN_CHUNK).map(|chunk| {
+            self.scan(doc! {
+                "aggregateId": { "$in": chunk },
+                "status": "pending",
+                "nextAttemptAt": { "$lte": now },
+            })
+        });
+        let scanned: Vec<Document> = try_join_all(finds).await?.concat();
+        Ok(DueAggregates::from_scan(&scanned))
+    }
+
+    /// Due records matching `filter`, oldest due first, with only what a
+    /// round needs to pick aggregates.
+    async fn scan(&self, filter: Document) -> Result<Vec<Document>> {
+        let raw = self.outbox.records.clone_with_type::<Document>();
+        Ok(raw
+            .find(filter)
+            .projection(
+                doc! { "_id": 1, "aggregateId": 1, "destination.kind": 1, "nextAttemptAt": 1 },
+            )
+            .sort(doc! { "status": 1, "nextAttemptAt": 1 })
+            .limit(self.config.scan_limit)
+            .batch_size(batch_size(self.config.scan_limit))
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Delivers the claimed aggregates' records; the outcome and the ids
@@ -555,7 +592,7 @@ impl Relay {
                 break;
             }
             let started = Instant::now();
-            match self.deliver(record, channel).await {
+            match self.deliver(record, channel, claimed_at).await {
                 Ok(()) => {
                     self.observe(
                         record,
@@ -597,6 +634,7 @@ impl Relay {
         &self,
         record: &OutboxRecord,
         channel: Option<&Channel>,
+        claimed_at: Instant,
     ) -> Result<(), DeliveryError> {
         match &record.destination {
             Destination::Amqp {
@@ -635,18 +673,35 @@ impl Relay {
                 }
             }
             Destination::Socket { .. } => {
-                self.run_handler(Destination::SOCKET_HANDLER, record).await
+                self.run_handler(Destination::SOCKET_HANDLER, record, claimed_at)
+                    .await
             }
-            Destination::Command { name } => self.run_handler(name, record).await,
+            Destination::Command { name } => self.run_handler(name, record, claimed_at).await,
         }
     }
 
-    async fn run_handler(&self, name: &str, record: &OutboxRecord) -> Result<(), DeliveryError> {
-        match self.handlers.get(name) {
-            Some(handler) => handler.handle(record).await,
+    /// Runs a handler, stopping it before the lease runs out: past the
+    /// lease another instance may take the aggregate over and run the same
+    /// record, and a command (a refund) must never run twice at once.
+    async fn run_handler(
+        &self,
+        name: &str,
+        record: &OutboxRecord,
+        claimed_at: Instant,
+    ) -> Result<(), DeliveryError> {
+        let Some(handler) = self.handlers.get(name) else {
             // Not permanent: during a rolling deploy another instance may
             // know the handler; retries give it the chance.
-            None => Err(DeliveryError::Transient(format!("no handler named {name}"))),
+            return Err(DeliveryError::Transient(format!("no handler named {name}")));
+        };
+        let budget = handler_deadline(self.config.lease).saturating_sub(claimed_at.elapsed());
+        match tokio::time::timeout(budget, handler.handle(record)).await {
+            Ok(result) => result,
+            // Retried like any failure; a handler that can have had an
+            // effect checks for it first (the refund asks the provider).
+            Err(_) => Err(DeliveryError::Transient(format!(
+                "handler {name} stopped: still running when its lease was about to end"
+            ))),
         }
     }
 
@@ -722,6 +777,12 @@ impl Relay {
             observer.observe(record, delivery);
         }
     }
+}
+
+/// How long into its lease a handler may run: the rest is left for the
+/// round's other chains to settle and for clocks between instances.
+fn handler_deadline(lease: Duration) -> Duration {
+    lease.mul_f64(0.8)
 }
 
 fn park(now: DateTime, reason: &str, attempts: i32) -> Document {
@@ -1269,11 +1330,18 @@ mod tests {
         let waker = Waker::default();
         assert_eq!(waker.take(), (false, Vec::<String>::new()));
         waker.hand(["a", "b"]);
+        waker.hand(["a"]);
         assert_eq!(
             waker.take(),
             (false, vec!["a".to_string(), "b".to_string()])
         );
         assert_eq!(waker.take(), (false, Vec::<String>::new()));
+        // One aggregate handed over again and again is one, not a flood.
+        waker.hand(std::iter::repeat_n("busy", HANDED_MAX + 1));
+        assert_eq!(waker.take(), (false, vec!["busy".to_string()]));
+        // Taken, it can be handed over again.
+        waker.hand(["a"]);
+        assert_eq!(waker.take(), (false, vec!["a".to_string()]));
         waker.wake();
         waker.hand(["c"]);
         assert_eq!(waker.take(), (true, vec!["c".to_string()]));

@@ -789,13 +789,19 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
         )],
     )
     .await;
-    waker.hand(["order-3"]);
+    stage(&env, vec![message(&env, "order-4", 0)]).await;
+    waker.hand(["order-3", "order-4"]);
     // A handed-over aggregate may hold AMQP records, and the broker is
-    // down; the round scans to find that it holds none. Without that scan it
-    // would wait for the outage rounds, five seconds apart.
+    // down; the round reads their due records to find which hold none.
+    // Without that it would wait for the outage rounds, five seconds apart.
     tokio::time::timeout(Duration::from_secs(3), notify.called(2))
         .await
         .expect("the handed-over command runs without waiting for the broker");
+    // The one that needs the broker is left alone: pending, never tried.
+    let waiting = env.outbox.records_of("order-4").await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].status, RecordStatus::Pending);
+    assert_eq!(waiting[0].attempts, 0);
     handle.shutdown().await;
     env.db.drop().await.ok();
 }

@@ -507,3 +507,80 @@ async fn a_relay_killed_mid_delivery_is_taken_over_after_its_lease_with_nothing_
     assert_once_and_in_order(&env.take_all().await, &staged);
     env.finish().await;
 }
+
+/// A command that takes longer than a lease, counting how many of its runs
+/// overlap; a run stopped from outside counts as ended.
+#[derive(Default)]
+struct Slow {
+    calls: AtomicUsize,
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+}
+
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Handler for Slow {
+    fn handle<'a>(&'a self, _record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            let _running = Running(&self.running);
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_outliving_its_lease_is_stopped_before_another_relay_can_run_it() {
+    let env = env().await;
+    env.stage(vec![NewRecord::command(
+        "order-1",
+        "slow",
+        serde_json::json!({}),
+    )])
+    .await;
+    let slow = Arc::new(Slow::default());
+    let cancel = CancellationToken::new();
+    // Two instances, a one-second lease and a command that needs three: an
+    // instance whose command outlived its lease would share it with the
+    // other, which takes the expired lease over.
+    let handles: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            Relay::new(
+                env.outbox.clone(),
+                relay_config(name, Duration::from_secs(1)),
+            )
+            .with_handler("slow", slow.clone())
+            .start(cancel.clone())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cancel.cancel();
+    for handle in handles {
+        handle.shutdown().await;
+    }
+    // It was tried again after each stop, and never twice at once.
+    assert!(slow.calls.load(Ordering::SeqCst) >= 2);
+    assert_eq!(slow.most_at_once.load(Ordering::SeqCst), 1);
+    let record = &env.outbox.records_of("order-1").await.expect("records")[0];
+    assert!(record.attempts >= 1);
+    assert!(
+        record
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease")),
+        "{:?}",
+        record.last_error
+    );
+    env.finish().await;
+}
