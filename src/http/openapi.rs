@@ -103,6 +103,7 @@ both with the `ErrorBody` JSON. Socket.IO (`/socket.io/`) shares the port and is
         model::CheckoutClaim,
         model::Refund,
         model::RefundStatus,
+        model::StrayPayment,
         model::Notification,
     )),
     modifiers(&SecuritySchemes, &Aliases, &Outcomes),

@@ -9,7 +9,7 @@ use super::events::{Emitter, EventContext, Exchanges};
 use super::fees;
 use super::model::{
     CheckoutClaim, DeliveredWork, ExtensionRequest, Notification, Offer, Order, OrderEvents,
-    OrderStatus, Party, Payment, Refund, RefundStatus,
+    OrderStatus, Party, Payment, Refund, RefundStatus, StrayPayment,
 };
 use super::repository::{Page, Repository};
 use super::state_machine::{self, Action};
@@ -527,10 +527,12 @@ impl Orders {
         .await
     }
 
-    /// Records the outcome of the refund command on the order.
+    /// Records the outcome of the refund command on the order: on its
+    /// cancellation refund, or on the stray payment `stray` names.
     pub async fn record_refund(
         &self,
         order_id: &str,
+        stray: Option<String>,
         outcome: Refund,
     ) -> Result<Order, OrderError> {
         let actor = Actor {
@@ -539,12 +541,62 @@ impl Orders {
             traceparent: String::new(),
         };
         self.change(order_id, &actor, move |order, _, _| {
-            if order.refund.as_ref() == Some(&outcome) {
+            let mut next = order.clone();
+            let slot = match &stray {
+                None => next.refund.as_mut(),
+                Some(transaction) => next
+                    .stray_payments
+                    .iter_mut()
+                    .find(|s| &s.transaction_id == transaction)
+                    .map(|s| &mut s.refund),
+            };
+            let Some(refund) = slot else {
+                return Err(OrderError::NotFoundWhat("the order owes no such refund"));
+            };
+            if !refund.may_become(&outcome) {
                 return Ok(Decision::Unchanged);
             }
-            let mut next = order.clone();
-            next.refund = Some(outcome.clone());
+            *refund = outcome.clone();
             Ok(Decision::bookkeeping(next))
+        })
+        .await
+    }
+
+    /// Takes note of a payment the order cannot take and stages its full
+    /// refund, in one transaction. Once per transaction: a payment already
+    /// noted, or the one the order was paid with, changes nothing.
+    pub async fn record_stray_payment(
+        &self,
+        actor: &Actor,
+        order_id: &str,
+        stray: StrayPayment,
+    ) -> Result<Order, OrderError> {
+        self.change(order_id, actor, move |order, ctx, _| {
+            if order.status == OrderStatus::AwaitingPayment {
+                return Err(OrderError::Conflict(
+                    "the order awaits payment: the payment pays it".into(),
+                ));
+            }
+            let known = order.flutterwave.transaction_id.as_deref()
+                == Some(stray.transaction_id.as_str())
+                || order
+                    .stray_payments
+                    .iter()
+                    .any(|s| s.transaction_id == stray.transaction_id);
+            if known {
+                return Ok(Decision::Unchanged);
+            }
+            tracing::warn!(order_id = %order.order_id, transaction_id = %stray.transaction_id, status = ?order.status, "payment the order cannot take; refunding it in full");
+            let mut next = order.clone();
+            next.stray_payments.push(stray.clone());
+            let mut emitter = Emitter::new(ctx, &next);
+            emitter.stray_payment(&stray);
+            let records = emitter.into_records();
+            Ok(Decision::from(Change {
+                order: next,
+                notifications: vec![],
+                records,
+            }))
         })
         .await
     }
@@ -825,6 +877,7 @@ fn new_order(request: CreateOrder, default_currency: &str, now: DateTime<Utc>) -
             ..Payment::default()
         },
         refund: None,
+        stray_payments: Vec::new(),
         version: 1,
         created_at: now,
         updated_at: now,

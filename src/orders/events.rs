@@ -2,7 +2,7 @@
 //! routing keys and bodies peers rely on (API.md, "Events out"), and the
 //! commands to external systems (refunds).
 
-use super::model::{ExtensionRequest, Order};
+use super::model::{ExtensionRequest, Order, StrayPayment};
 use outbox::NewRecord;
 use serde_json::{Value, json};
 
@@ -147,6 +147,22 @@ impl<'a> Emitter<'a> {
                 }),
             ));
         }
+    }
+
+    /// A payment the order could not take: refunded in full, by the same
+    /// command as a cancellation's refund, in the order's sequence.
+    pub fn stray_payment(&mut self, stray: &StrayPayment) {
+        self.push(NewRecord::command(
+            &self.order.order_id,
+            REFUND_COMMAND,
+            json!({
+                "orderId": self.order.order_id,
+                "transactionId": stray.transaction_id,
+                "amount": stray.amount,
+                "currency": stray.currency,
+                "stray": true,
+            }),
+        ));
     }
 
     pub fn extension_requested(&mut self, request: &ExtensionRequest) {

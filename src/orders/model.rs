@@ -142,6 +142,25 @@ pub struct Refund {
     pub attempts: i32,
 }
 
+impl Refund {
+    /// Whether `outcome` may replace this refund: a completed refund stays
+    /// completed, whatever a later, overlapping attempt reports.
+    pub fn may_become(&self, outcome: &Refund) -> bool {
+        self != outcome && self.status != RefundStatus::Completed
+    }
+}
+
+/// A payment the order could not take: made after it was cancelled, or a
+/// second payment of an order already paid. It is refunded in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StrayPayment {
+    pub transaction_id: String,
+    pub amount: f64,
+    pub currency: String,
+    pub refund: Refund,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
@@ -182,6 +201,10 @@ pub struct Order {
     pub seller_review: Option<Review>,
     pub flutterwave: Payment,
     pub refund: Option<Refund>,
+    /// Payments the order could not take, each refunded in full; absent
+    /// while there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stray_payments: Vec<StrayPayment>,
     /// Bumped by every change; a write succeeds only on the version it read.
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -268,5 +291,33 @@ impl Notification {
             order_id: order.order_id.clone(),
             created_at: now,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refund(status: RefundStatus, id: Option<&str>) -> Refund {
+        Refund {
+            status,
+            amount: 95.0,
+            flutterwave_refund_id: id.map(String::from),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_completed_refund_stays_completed() {
+        let pending = refund(RefundStatus::Pending, None);
+        let completed = refund(RefundStatus::Completed, Some("7"));
+        let failed = refund(RefundStatus::Failed, None);
+        assert!(pending.may_become(&completed));
+        assert!(pending.may_become(&failed));
+        assert!(failed.may_become(&completed));
+        // An overlapping attempt that was refused must not undo it.
+        assert!(!completed.may_become(&failed));
+        assert!(!completed.may_become(&refund(RefundStatus::Completed, Some("8"))));
+        assert!(!pending.may_become(&pending.clone()));
     }
 }

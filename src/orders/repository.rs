@@ -57,6 +57,10 @@ impl Repository {
                 IndexModel::builder()
                     .keys(doc! { "buyerId": 1, "_id": -1 })
                     .build(),
+                // The reconciliation sweep: unpaid checkouts by age.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "flutterwave.checkoutAt": 1 })
+                    .build(),
             ])
             .await?;
         self.notifications

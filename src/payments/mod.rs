@@ -7,6 +7,7 @@ pub mod reconcile;
 pub mod refund;
 pub mod resilience;
 pub mod reverify;
+pub mod settle;
 pub mod verification;
 
 use crate::orders::commands::Actor;
@@ -14,6 +15,7 @@ use crate::orders::model::{Order, OrderStatus, Party};
 use crate::orders::state_machine::{Action, Refused};
 use crate::orders::{OrderError, Orders};
 use flutterwave::{Flutterwave, ProviderError};
+use settle::Settled;
 
 #[derive(Clone)]
 pub struct Payments {
@@ -63,29 +65,36 @@ impl Payments {
             }
             None => return Err(OrderError::Forbidden("you are not a party to this order")),
         }
-        if order.status != OrderStatus::AwaitingPayment {
-            if order.flutterwave.transaction_id.as_deref() == Some(transaction_id) {
-                return Ok(order);
-            }
-            return Err(Refused::NotAllowed {
-                action: Action::Pay.verb(),
-                from: order.status,
-            }
-            .into());
+        // The order's own payment, asked about again.
+        if order.status != OrderStatus::AwaitingPayment
+            && order.flutterwave.transaction_id.as_deref() == Some(transaction_id)
+        {
+            return Ok(order);
         }
-        let transaction = self
+        let Some(transaction) = self
             .flutterwave
             .verify(transaction_id)
             .await
             .map_err(provider_error)?
-            .ok_or_else(|| {
-                OrderError::PaymentRejected("Flutterwave knows no such transaction".into())
-            })?;
-        let payment =
-            verification::check(&order, &transaction).map_err(OrderError::PaymentRejected)?;
-        self.orders
-            .record_payment(actor, &order.order_id, payment)
-            .await
+        else {
+            return Err(match order.status {
+                OrderStatus::AwaitingPayment => {
+                    OrderError::PaymentRejected("Flutterwave knows no such transaction".into())
+                }
+                from => Refused::NotAllowed {
+                    action: Action::Pay.verb(),
+                    from,
+                }
+                .into(),
+            });
+        };
+        match settle::settle(&self.orders, actor, &order, &transaction).await? {
+            Settled::Paid(order) => Ok(order),
+            Settled::Refunding(order) => Err(OrderError::Conflict(format!(
+                "cannot pay an order that is {}; this payment will be refunded in full",
+                order.status
+            ))),
+        }
     }
 }
 
@@ -94,6 +103,11 @@ pub fn provider_error(error: ProviderError) -> OrderError {
         ProviderError::Unavailable { retry_after, .. } => {
             OrderError::ProviderUnavailable { retry_after }
         }
+        // Both callers (verify, checkout) are safe to repeat: verify is a
+        // read, and checkout reuses or re-asks for the link under its claim.
+        ProviderError::Timeout => OrderError::ProviderUnavailable {
+            retry_after: std::time::Duration::from_secs(1),
+        },
         other => OrderError::Provider(other.to_string()),
     }
 }

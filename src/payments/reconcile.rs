@@ -6,16 +6,18 @@
 //! `payment_checks` is advanced atomically by whoever takes the check.
 
 use super::flutterwave::{Flutterwave, ProviderError};
-use super::verification;
+use super::settle::{Settled, settle};
 use crate::orders::commands::Actor;
-use crate::orders::model::Order;
+use crate::orders::model::{Order, OrderStatus};
 use crate::orders::{OrderError, Orders};
 use crate::telemetry::metrics::Metrics;
 use bson::{Document, doc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
+use outbox::lease::IN_CHUNK;
 use outbox::transaction::is_duplicate_key;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,8 @@ pub struct ReconcileSettings {
     pub max_delay: Duration,
     /// Orders whose checkout is older than this are no longer checked.
     pub max_age: Duration,
+    /// Most orders checked by one sweep; the rest wait for the next.
+    pub batch: usize,
 }
 
 /// What one sweep did, for tests and logs.
@@ -90,31 +94,50 @@ impl Reconciler {
     }
 
     /// One pass over the orders due for a check.
+    ///
+    /// Every unpaid checkout in the age window is a candidate; those whose
+    /// schedule says "not yet" are left out before the batch is cut, so a
+    /// crowd of recently checked orders never keeps a due one from its turn.
     pub async fn sweep(&self) -> Result<SweepOutcome, OrderError> {
         let now = chrono::Utc::now();
         let newest =
             now - chrono::Duration::from_std(self.settings.first_delay).unwrap_or_default();
         let oldest = now - chrono::Duration::from_std(self.settings.max_age).unwrap_or_default();
-        // Newest first (`_id` is a UUIDv7), so abandoned old checkouts never
-        // crowd out recent ones; the age window is applied here rather than
-        // in the query because dates are stored as text.
-        let candidates: Vec<Order> = self
+        // Checkout times are stored as RFC 3339 text in UTC, which sorts as
+        // time does to within a second (the fraction's digits vary).
+        let text = |at: chrono::DateTime<chrono::Utc>| {
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        let candidates: Vec<String> = self
             .orders
             .repository()
             .orders
-            .find(
-                doc! { "status": "AWAITING_PAYMENT", "flutterwave.checkoutLink": { "$ne": null } },
-            )
-            .sort(doc! { "_id": -1 })
-            .limit(500)
+            .clone_with_type::<Document>()
+            .find(doc! {
+                "status": "AWAITING_PAYMENT",
+                "flutterwave.checkoutAt": { "$gte": text(oldest), "$lte": text(newest) },
+            })
+            .projection(doc! { "orderId": 1 })
+            .sort(doc! { "flutterwave.checkoutAt": 1 })
             .await?
-            .try_collect()
-            .await?;
-        let due = candidates.into_iter().filter(|o| {
-            o.flutterwave
-                .checkout_at
-                .is_some_and(|at| at <= newest && at >= oldest)
-        });
+            .try_collect::<Vec<Document>>()
+            .await?
+            .iter()
+            .filter_map(|d| d.get_str("orderId").ok().map(String::from))
+            .collect();
+        let waiting = self.not_yet_due(&candidates).await?;
+        let mut due = Vec::new();
+        for order_id in candidates
+            .iter()
+            .filter(|id| !waiting.contains(*id))
+            .take(self.settings.batch)
+        {
+            if let Some(order) = self.orders.repository().by_order_id(order_id).await?
+                && order.status == OrderStatus::AwaitingPayment
+            {
+                due.push(order);
+            }
+        }
         let mut outcome = SweepOutcome::default();
         for order in due {
             if !self.take_check(&order).await? {
@@ -143,6 +166,27 @@ impl Reconciler {
             }
         }
         Ok(outcome)
+    }
+
+    /// Of `orders`, those whose next check is still to come.
+    async fn not_yet_due(&self, orders: &[String]) -> Result<HashSet<String>, OrderError> {
+        let now = bson::DateTime::now();
+        let mut waiting = HashSet::new();
+        for chunk in orders.chunks(IN_CHUNK) {
+            let schedules: Vec<Document> = self
+                .checks
+                .find(doc! { "_id": { "$in": chunk }, "nextCheckAt": { "$gt": now } })
+                .projection(doc! { "_id": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            waiting.extend(
+                schedules
+                    .iter()
+                    .filter_map(|d| d.get_str("_id").ok().map(String::from)),
+            );
+        }
+        Ok(waiting)
     }
 
     /// Advances the order's schedule if a check is due; true when this
@@ -193,22 +237,19 @@ impl Reconciler {
             Err(ProviderError::Unavailable { .. }) => return Ok(false),
             Err(e) => return Err(OrderError::Provider(e.to_string())),
         };
-        let Ok(payment) = verification::check(order, &transaction) else {
+        if transaction.status != "successful" {
             return Ok(false);
-        };
+        }
         let actor = Actor {
             username: order.buyer_username.clone(),
             correlation_id: Some(format!("reconcile-{}", order.order_id)),
             traceparent: String::new(),
         };
-        match self
-            .orders
-            .record_payment(&actor, &order.order_id, payment)
-            .await
-        {
-            Ok(paid) => Ok(paid.flutterwave.transaction_id.as_deref()
-                == Some(transaction.id.to_string().as_str())),
-            Err(OrderError::Refused(_)) => Ok(false),
+        // Cancelled since it was read: the payment is refunded, not kept.
+        match settle(&self.orders, &actor, order, &transaction).await {
+            Ok(Settled::Paid(_)) => Ok(true),
+            Ok(Settled::Refunding(_)) => Ok(false),
+            Err(OrderError::PaymentRejected(_) | OrderError::Refused(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -237,6 +278,7 @@ mod tests {
             growth: 2.0,
             max_delay: Duration::from_secs(3600),
             max_age: Duration::from_secs(86_400),
+            batch: 500,
         };
         let delays: Vec<u64> = (1..=5)
             .map(|n| next_delay(&settings, n).as_secs())

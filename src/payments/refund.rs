@@ -1,7 +1,10 @@
 //! The refund command, run by the outbox relay after a paid order is
-//! cancelled. Runs exactly once: Flutterwave has no idempotency key, so
-//! before every attempt we ask whether a refund was already applied (a
-//! previous attempt may have timed out after Flutterwave applied it).
+//! cancelled, or for a payment the order could not take (a stray payment,
+//! refunded in full). Runs exactly once: Flutterwave has no idempotency
+//! key, so before every attempt we ask whether a refund of the transaction
+//! was already applied (a previous attempt may have timed out after
+//! Flutterwave applied it), and the relay never runs it in two instances
+//! at once.
 
 use super::flutterwave::{Flutterwave, ProviderError};
 use crate::orders::Orders;
@@ -16,6 +19,9 @@ struct RefundCommand {
     order_id: String,
     transaction_id: Option<String>,
     amount: f64,
+    /// Refunds a stray payment rather than the order's own.
+    #[serde(default)]
+    stray: bool,
 }
 
 pub struct RefundHandler {
@@ -46,12 +52,15 @@ impl RefundHandler {
             .await
             .map_err(delivery_error)?
             .into_iter()
+            // The list is asked for by transaction; an answer about another
+            // one must not count as this one's refund.
+            .filter(|r| r.tx_id.is_none_or(|id| id.to_string() == transaction_id))
             .find(|r| r.status != "failed" && (r.amount_refunded - command.amount).abs() < 0.005);
         let refund = match applied {
             Some(existing) => existing,
             None => match self
                 .flutterwave
-                .refund(transaction_id, command.amount, "order cancelled")
+                .refund(transaction_id, command.amount, reason(&command))
                 .await
             {
                 Ok(refund) => refund,
@@ -87,11 +96,23 @@ impl RefundHandler {
             flutterwave_refund_id: id,
             attempts,
         };
+        let stray = command
+            .stray
+            .then(|| command.transaction_id.clone())
+            .flatten();
         self.orders
-            .record_refund(&command.order_id, refund)
+            .record_refund(&command.order_id, stray, refund)
             .await
             .map(|_| ())
             .map_err(|e| DeliveryError::Transient(e.to_string()))
+    }
+}
+
+fn reason(command: &RefundCommand) -> &'static str {
+    if command.stray {
+        "payment the order could not take"
+    } else {
+        "order cancelled"
     }
 }
 

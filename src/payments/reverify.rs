@@ -1,12 +1,11 @@
-//! The re-verification command staged by the webhook receiver (and by the
-//! reconciliation sweep): asks Flutterwave about the transaction and, if it
-//! pays the order, drives the same transition as PUT verify. The webhook's
-//! own payload is never trusted.
+//! The re-verification command staged by the webhook receiver: asks
+//! Flutterwave about the transaction and settles it as PUT verify does: it
+//! pays the order, or, if the order can no longer take it, is refunded in
+//! full. The webhook's own payload is never trusted.
 
 use super::flutterwave::{Flutterwave, ProviderError};
-use super::verification;
+use super::settle::settle;
 use crate::orders::commands::Actor;
-use crate::orders::model::OrderStatus;
 use crate::orders::{OrderError, Orders};
 use outbox::handler::HandlerFuture;
 use outbox::{DeliveryError, Handler, OutboxRecord};
@@ -46,11 +45,8 @@ impl ReverifyHandler {
             .ok_or_else(|| {
                 DeliveryError::Permanent(format!("no order has tx_ref {}", command.tx_ref))
             })?;
-        if order.status != OrderStatus::AwaitingPayment {
-            if order.flutterwave.transaction_id.as_deref() != Some(command.transaction_id.as_str())
-            {
-                tracing::warn!(order_id = %order.order_id, transaction_id = %command.transaction_id, "payment event for an order that is no longer awaiting payment");
-            }
+        // The order's own payment, announced again.
+        if order.flutterwave.transaction_id.as_deref() == Some(command.transaction_id.as_str()) {
             return Ok(());
         }
         let transaction = match self.flutterwave.verify(&command.transaction_id).await {
@@ -71,8 +67,12 @@ impl ReverifyHandler {
             }
             Err(e) => return Err(DeliveryError::Transient(e.to_string())),
         };
-        let payment =
-            verification::check(&order, &transaction).map_err(DeliveryError::Permanent)?;
+        // A declined or abandoned payment took no money: nothing to do,
+        // and nothing for an operator either.
+        if transaction.status != "successful" {
+            tracing::info!(order_id = %order.order_id, transaction_id = %command.transaction_id, status = %transaction.status, "payment event for a payment that did not succeed");
+            return Ok(());
+        }
         let actor = Actor {
             username: order.buyer_username.clone(),
             correlation_id: record.correlation_id.clone(),
@@ -82,14 +82,13 @@ impl ReverifyHandler {
                 .cloned()
                 .unwrap_or_default(),
         };
-        match self
-            .orders
-            .record_payment(&actor, &order.order_id, payment)
-            .await
-        {
+        match settle(&self.orders, &actor, &order, &transaction).await {
             Ok(_) => Ok(()),
-            // Another path (verify route, sweep) got there first: nothing left to do.
-            Err(OrderError::Refused(_)) => Ok(()),
+            // Money taken that pays nothing we can tell (too little, another
+            // order's reference): an operator decides, from the parked record.
+            Err(e @ (OrderError::PaymentRejected(_) | OrderError::Refused(_))) => {
+                Err(DeliveryError::Permanent(e.to_string()))
+            }
             Err(e) => Err(DeliveryError::Transient(e.to_string())),
         }
     }

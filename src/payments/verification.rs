@@ -2,7 +2,7 @@
 
 use super::flutterwave::Transaction;
 use crate::orders::commands::ConfirmedPayment;
-use crate::orders::model::Order;
+use crate::orders::model::{Order, Refund, RefundStatus, StrayPayment};
 
 /// Amounts are compared to the minor unit; float noise below it is ignored.
 const TOLERANCE: f64 = 0.005;
@@ -37,5 +37,28 @@ pub fn check(order: &Order, transaction: &Transaction) -> Result<ConfirmedPaymen
             .unwrap_or_else(|| "unknown".into()),
         fee: transaction.app_fee.unwrap_or_default(),
         amount: transaction.amount,
+    })
+}
+
+/// Checks a `transaction` of an order that can no longer take it (paid by
+/// another transaction, or cancelled): it is owed back in full if it is a
+/// successful payment of this order.
+pub fn stray(order: &Order, transaction: &Transaction) -> Result<StrayPayment, String> {
+    if transaction.status != "successful" {
+        return Err(format!("transaction status is {}", transaction.status));
+    }
+    if transaction.tx_ref != order.flutterwave.tx_ref {
+        return Err("transaction reference does not match the order".into());
+    }
+    Ok(StrayPayment {
+        transaction_id: transaction.id.to_string(),
+        amount: transaction.amount,
+        currency: transaction.currency.clone(),
+        refund: Refund {
+            status: RefundStatus::Pending,
+            amount: transaction.amount,
+            flutterwave_refund_id: None,
+            attempts: 0,
+        },
     })
 }

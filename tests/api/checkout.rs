@@ -191,3 +191,58 @@ async fn webhook_verify_route_and_sweep_racing_make_one_transition() {
     assert_eq!(paid_events, 1, "one transition staged");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
+    // One order per sweep, and an order once checked waits an hour.
+    let app = spawn_app_with(Options {
+        extra_env: vec![
+            ("RECONCILE_INTERVAL_MS", "200".into()),
+            ("RECONCILE_FIRST_DELAY_SECS", "1".into()),
+            ("RECONCILE_GROWTH", "10000".into()),
+            ("RECONCILE_BATCH", "1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let sim = app.sim.sim();
+    // Two older unpaid checkouts, each checked once and now not due.
+    for (buyer, seller) in [("ada", "bo"), ("cy", "di")] {
+        let id = oid();
+        app.new_order(&id, buyer, seller, 100.0).await;
+        assert_eq!(checkout(&app, buyer, &id).await.status, StatusCode::OK);
+    }
+    let started = std::time::Instant::now();
+    while sim.calls().verify_by_reference < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "both checked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A newer checkout, paid with its webhook lost.
+    let id = oid();
+    let order = app.new_order(&id, "eli", "fox", 300.0).await;
+    assert_eq!(checkout(&app, "eli", &id).await.status, StatusCode::OK);
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    sim.pay_link(
+        tx_ref,
+        PayOptions {
+            lose_webhook: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("paid");
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = app.get("eli", &id).await.body["order"]["status"].clone();
+        if status == "PROCESSING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, "PROCESSING",
+        "the older, not-due checkouts took no turn"
+    );
+    assert_eq!(sim.calls().verify_by_reference, 3);
+    app.shutdown().await;
+}

@@ -296,3 +296,102 @@ async fn a_refund_waits_out_a_flutterwave_outage() {
     assert_eq!(sim.refunds()[0].amount_refunded, 950.0);
     app.shutdown().await;
 }
+
+/// Polls the order until its first stray payment's refund is settled.
+async fn stray_refund_settled(app: &TestApp, buyer: &str, order_id: &str) -> serde_json::Value {
+    let mut order = serde_json::Value::Null;
+    for _ in 0..300 {
+        order = app.get(buyer, order_id).await.body["order"].clone();
+        if order["strayPayments"][0]["refund"]["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    order
+}
+
+#[tokio::test]
+async fn a_payment_made_after_the_order_was_cancelled_is_refunded_in_full_once() {
+    let app = spawn_app().await;
+    let id = oid();
+    let order = app.new_order(&id, "kim", "lee", 300.0).await;
+    assert_eq!(app.cancel("kim", &id).await.status, StatusCode::OK);
+    // The buyer still had the checkout page open, and pays.
+    let payment = app.payment_for(&order);
+    let sim = app.sim.sim();
+    sim.set_webhook_target(app.webhook_url(), WEBHOOK_HASH);
+    let status = sim
+        .send_webhook(
+            payment,
+            WebhookOptions {
+                times: 3,
+                concurrent: true,
+                sign: SignMode::Both,
+            },
+        )
+        .await
+        .expect("webhook");
+    assert_eq!(status, 200);
+    // The buyer's page verifies too: refused, and told the money goes back.
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    let verified = app.verify("kim", payment, tx_ref).await;
+    assert_eq!(verified.status, StatusCode::CONFLICT);
+    assert!(
+        verified.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refunded in full")),
+        "{:?}",
+        verified.body
+    );
+
+    let stored = stray_refund_settled(&app, "kim", &id).await;
+    assert_eq!(stored["status"], "CANCELLED");
+    assert!(stored["flutterwave"]["transactionId"].is_null());
+    let strays = stored["strayPayments"].as_array().unwrap();
+    assert_eq!(strays.len(), 1, "{strays:?}");
+    assert_eq!(strays[0]["transactionId"], payment.to_string());
+    assert_eq!(strays[0]["refund"]["status"], "completed");
+    // Webhook three times and the verify route: one refund, of everything paid.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refunds = sim.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].tx_id, payment);
+    assert_eq!(
+        refunds[0].amount_refunded,
+        300.0 + order["serviceFee"].as_f64().unwrap()
+    );
+    assert!(app.state.outbox.parked(10).await.unwrap().is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_payment_of_a_paid_order_is_refunded_and_the_first_kept() {
+    let app = spawn_app().await;
+    let id = oid();
+    let order = app.new_order(&id, "max", "ned", 500.0).await;
+    let paid = app.pay("max", &order).await;
+    let first = paid["flutterwave"]["transactionId"].clone();
+    // A second checkout of the same order, paid as well.
+    let second = app.payment_for(&order);
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    let verified = app.verify("max", second, tx_ref).await;
+    assert_eq!(verified.status, StatusCode::CONFLICT, "{:?}", verified.body);
+
+    let stored = stray_refund_settled(&app, "max", &id).await;
+    assert_eq!(stored["status"], "PROCESSING");
+    assert_eq!(stored["flutterwave"]["transactionId"], first);
+    assert_eq!(
+        stored["strayPayments"][0]["transactionId"],
+        second.to_string()
+    );
+    let refunds = app.sim.sim().refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].tx_id, second);
+    // The order's own payment, verified again, is still its payment.
+    let again = app
+        .verify("max", first.as_str().unwrap().parse().unwrap(), tx_ref)
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["order"]["version"], stored["version"]);
+    app.shutdown().await;
+}
