@@ -3,6 +3,7 @@
 
 use crate::config::Cloudinary;
 use crate::orders::OrderError;
+use reqwest::StatusCode;
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use std::time::Duration;
@@ -69,15 +70,30 @@ impl Uploads {
             .map_err(|_| OrderError::ProviderUnavailable {
                 retry_after: Duration::from_secs(30),
             })?;
-        if response.status().is_client_error() {
-            return Err(OrderError::Invalid(
-                "file was refused by the file store".into(),
-            ));
-        }
-        if !response.status().is_success() {
-            return Err(OrderError::ProviderUnavailable {
-                retry_after: Duration::from_secs(30),
-            });
+        match response.status() {
+            status if status.is_success() => {}
+            // Our key, signature or plan, not the seller's file: a server
+            // fault, logged as such.
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                return Err(OrderError::Provider(format!(
+                    "file store refused our credentials: {status}"
+                )));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                return Err(OrderError::ProviderUnavailable {
+                    retry_after: Duration::from_secs(30),
+                });
+            }
+            status if status.is_client_error() => {
+                return Err(OrderError::Invalid(
+                    "file was refused by the file store".into(),
+                ));
+            }
+            _ => {
+                return Err(OrderError::ProviderUnavailable {
+                    retry_after: Duration::from_secs(30),
+                });
+            }
         }
         let uploaded: Uploaded = response
             .json()

@@ -197,6 +197,13 @@ impl Orders {
         Ok(order)
     }
 
+    /// The checks of [`Orders::deliver`] on the order as it is now, writing
+    /// nothing: the delivery's file is uploaded only if they pass.
+    pub async fn check_deliver(&self, actor: &Actor, order_id: &str) -> Result<(), OrderError> {
+        let order = self.get(actor, order_id).await?;
+        deliverable(&order, &actor.username).map(|_| ())
+    }
+
     pub async fn by_tx_ref(&self, tx_ref: &str) -> Result<Option<Order>, OrderError> {
         self.repo.by_tx_ref(tx_ref).await
     }
@@ -388,13 +395,7 @@ impl Orders {
         request.validate()?;
         let username = actor.username.clone();
         self.change(order_id, actor, move |order, ctx, now| {
-            only(
-                order,
-                &username,
-                Party::Seller,
-                "only the seller can deliver",
-            )?;
-            let transition = state_machine::transition(order.status, Action::Deliver, false)?;
+            let transition = deliverable(order, &username)?;
             let mut next = order.clone();
             next.status = transition.to;
             next.delivered = true;
@@ -915,6 +916,22 @@ fn only(
     } else {
         Err(OrderError::Forbidden(refusal))
     }
+}
+
+/// Whether `username` may deliver `order` now: its seller, in a state
+/// that allows it.
+fn deliverable(order: &Order, username: &str) -> Result<state_machine::Transition, OrderError> {
+    only(
+        order,
+        username,
+        Party::Seller,
+        "only the seller can deliver",
+    )?;
+    Ok(state_machine::transition(
+        order.status,
+        Action::Deliver,
+        false,
+    )?)
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use crate::helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn oid() -> String {
     format!("ord-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
@@ -702,12 +704,16 @@ async fn health_and_admin_routes() {
 }
 
 /// A stand-in for Cloudinary's signed upload API: checks the signature the
-/// way Cloudinary does (sha1 of the sorted parameters plus the secret).
-async fn fake_cloudinary(secret: &'static str) -> String {
+/// way Cloudinary does (sha1 of the sorted parameters plus the secret), and
+/// counts the uploads it was asked for.
+async fn fake_cloudinary(secret: &'static str) -> (String, Arc<AtomicUsize>) {
     use sha1::{Digest, Sha1};
+    let uploads = Arc::new(AtomicUsize::new(0));
+    let counted = uploads.clone();
     let router = axum::Router::new().route(
         "/{cloud}/auto/upload",
         axum::routing::post(move |axum::extract::Path(cloud): axum::extract::Path<String>, axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| async move {
+            counted.fetch_add(1, Ordering::SeqCst);
             let expected = format!("{:x}", Sha1::digest(format!("timestamp={}{secret}", form["timestamp"]).as_bytes()));
             if form.get("signature") != Some(&expected) || !form["file"].starts_with("data:") || form["api_key"] != "test-key" {
                 return (reqwest::StatusCode::UNAUTHORIZED, axum::Json(json!({ "error": { "message": "Invalid Signature" } })));
@@ -718,12 +724,12 @@ async fn fake_cloudinary(secret: &'static str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    url
+    (url, uploads)
 }
 
 #[tokio::test]
 async fn a_delivered_data_uri_is_uploaded_and_replaced_by_its_url() {
-    let cloudinary = fake_cloudinary("test-secret").await;
+    let (cloudinary, uploads) = fake_cloudinary("test-secret").await;
     let app = spawn_app_with(Options {
         extra_env: vec![
             ("CLOUD_NAME", "demo".into()),
@@ -736,20 +742,57 @@ async fn a_delivered_data_uri_is_uploaded_and_replaced_by_its_url() {
     .await;
     let id = oid();
     let order = app.new_order(&id, "quil", "rhea", 100.0).await;
-    app.pay("quil", &order).await;
     let body = json!({ "message": "Done", "file": "data:application/zip;base64,UEsDBA==", "fileType": "zip", "fileSize": 4, "fileName": "work.zip" });
-    let delivered = app
-        .request(
-            Method::PUT,
-            &format!("/api/v1/order/deliver-order/{id}"),
-            Some("rhea"),
-            Some(body),
-        )
-        .await;
+    let path = format!("/api/v1/order/deliver-order/{id}");
+    let deliver =
+        |user: &'static str| app.request(Method::PUT, &path, Some(user), Some(body.clone()));
+    // Refused deliveries upload nothing: not yet paid, and not the seller.
+    assert_eq!(deliver("rhea").await.status, StatusCode::CONFLICT);
+    app.pay("quil", &order).await;
+    assert_eq!(deliver("quil").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(uploads.load(Ordering::SeqCst), 0);
+    let delivered = deliver("rhea").await;
     assert_eq!(delivered.status, StatusCode::OK, "{}", delivered.body);
+    assert_eq!(uploads.load(Ordering::SeqCst), 1);
     assert_eq!(
         delivered.body["order"]["deliveredWork"][0]["file"],
         "https://res.cloudinary.test/demo/work.zip"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_store_refusing_our_credentials_is_our_fault_not_the_sellers() {
+    let (cloudinary, uploads) = fake_cloudinary("test-secret").await;
+    let app = spawn_app_with(Options {
+        extra_env: vec![
+            ("CLOUD_NAME", "demo".into()),
+            ("CLOUD_API_KEY", "test-key".into()),
+            ("CLOUD_API_SECRET", "rotated-secret".into()),
+            ("CLOUDINARY_API_URL", cloudinary),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let id = oid();
+    let order = app.new_order(&id, "sol", "tam", 100.0).await;
+    app.pay("sol", &order).await;
+    let body = json!({ "message": "Done", "file": "data:application/zip;base64,UEsDBA==" });
+    let refused = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/order/deliver-order/{id}"),
+            Some("tam"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(uploads.load(Ordering::SeqCst), 1);
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.body);
+    assert_eq!(refused.body["message"], "File store error");
+    assert_eq!(
+        app.get("sol", &id).await.body["order"]["status"],
+        "PROCESSING",
+        "nothing delivered"
     );
     app.shutdown().await;
 }

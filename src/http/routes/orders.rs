@@ -426,8 +426,9 @@ pub async fn deliver(
     JsonBody(mut request, _): JsonBody<DeliverOrder>,
 ) -> Result<Json<OrderReply>, ApiError> {
     request.validate()?;
-    // Authorize before uploading anything on the caller's behalf.
-    state.orders.get(&actor, &order_id).await?;
+    // Authorize, and check the order can be delivered, before uploading
+    // anything on the caller's behalf: a refused delivery leaves no file.
+    state.orders.check_deliver(&actor, &order_id).await?;
     if let Some(file) = request.file.take() {
         request.file = Some(state.uploads.store(&file).await.map_err(file_store_error)?);
     }
