@@ -40,6 +40,10 @@ pub struct UserClaims {
     pub username: String,
     #[serde(default)]
     pub email: Option<String>,
+    /// Expiry, seconds since the epoch, if the token has one (checked by
+    /// the decoder; kept so a socket can end with its token).
+    #[serde(default)]
+    pub exp: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,7 +71,13 @@ impl Auth {
         decode::<UserClaims>(token, &self.user_key, &self.validation)
             .ok()
             .map(|data| data.claims)
-            .filter(|claims| !claims.username.trim().is_empty())
+            // Every identity check compares names as they are, but for ASCII
+            // case: `alice ` would be another account that the socket room
+            // (trimmed) took for `alice`. Such a name is refused outright.
+            .filter(|claims| {
+                let name = claims.username.as_str();
+                !name.is_empty() && name.trim() == name
+            })
     }
 
     pub fn gateway_allows(&self, token: &str) -> bool {
@@ -219,6 +229,12 @@ mod tests {
             json!({ "username": "  ", "iat": now() }),
         );
         assert!(auth.user(&blank).is_none());
+        let padded = token(
+            Algorithm::HS256,
+            "user-key",
+            json!({ "username": "alice ", "iat": now() }),
+        );
+        assert!(auth.user(&padded).is_none(), "not alice, and not allowed");
         let gateway = |id: &str| token(Algorithm::HS256, "gateway-key", json!({ "id": id }));
         assert!(auth.gateway_allows(&gateway("order")));
         assert!(!auth.gateway_allows(&gateway("payments")));

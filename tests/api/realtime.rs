@@ -168,13 +168,45 @@ async fn published_record(app: &TestApp, aggregate: &str) -> outbox::OutboxRecor
 }
 
 fn expired_token(username: &str) -> String {
+    token_expiring(username, -3600)
+}
+
+/// A user token whose `exp` is `in_secs` from now (negative: past).
+fn token_expiring(username: &str, in_secs: i64) -> String {
     let now = chrono::Utc::now().timestamp();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({ "id": 1, "username": username, "iat": now - 7200, "exp": now - 3600 }),
+        &json!({ "id": 1, "username": username, "iat": now - 7200, "exp": now + in_secs }),
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .expect("token")
+}
+
+#[tokio::test]
+async fn a_socket_is_disconnected_when_its_token_expires() {
+    let app = spawn_app().await;
+    // Expired 27 s ago: still inside the 30 s leeway, so the handshake takes
+    // it, and the socket has about 3 s left.
+    let client = SocketClient::spawn(&app, Some(&token_expiring("uma", -27)));
+    client
+        .wait_for("the handshake to be accepted", |lines| {
+            lines.iter().any(|l| l["type"] == "connect")
+        })
+        .await;
+    let connected = tokio::time::Instant::now();
+    let lines = client
+        .wait_for("the server to end the socket", |lines| {
+            lines.iter().any(|l| l["type"] == "disconnect")
+        })
+        .await;
+    let ended = lines.iter().find(|l| l["type"] == "disconnect").unwrap();
+    assert_eq!(ended["reason"], "io server disconnect");
+    assert!(connected.elapsed() < Duration::from_secs(10));
+    // A token without expiry keeps its socket.
+    let lasting = SocketClient::connected(&app, "uma").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(lasting.of_type("disconnect").is_empty());
+    app.shutdown().await;
 }
 
 #[tokio::test]
