@@ -256,10 +256,44 @@ impl Config {
                 None => Ok(Secret(local.to_string())),
             }
         };
-        let database_url = vars.url(
+        // A local default would point production at a developer's machine
+        // (or at the payment simulator): where things are must be said there.
+        let located =
+            |name: &'static str, local: &str, schemes: &[&str]| -> Result<String, ConfigError> {
+                if production && vars.get(name).is_none() {
+                    return Err(ConfigError {
+                        variable: name,
+                        reason: "required in production".into(),
+                    });
+                }
+                vars.url(name, local, schemes)
+            };
+        let database_url = located(
             "DATABASE_URL",
             "mongodb://127.0.0.1:27017/gigconnect-order?directConnection=true",
             &["mongodb://", "mongodb+srv://"],
+        )?;
+        let rabbitmq_endpoint = located(
+            "RABBITMQ_ENDPOINT",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            &["amqp://", "amqps://"],
+        )?;
+        let flutterwave_api_url = located(
+            "FLUTTERWAVE_API_URL",
+            "http://127.0.0.1:4010/v3",
+            &["http://", "https://"],
+        )?
+        .trim_end_matches('/')
+        .to_string();
+        let client_url = located(
+            "CLIENT_URL",
+            "http://localhost:3000",
+            &["http://", "https://"],
+        )?;
+        let api_gateway_url = located(
+            "API_GATEWAY_URL",
+            "http://localhost:4000",
+            &["http://", "https://"],
         )?;
         let database_name = database_name(&database_url).ok_or(ConfigError {
             variable: "DATABASE_URL",
@@ -276,25 +310,13 @@ impl Config {
         Ok(Self {
             environment,
             port: vars.parse("PORT", 4006)?,
-            api_gateway_url: vars.url(
-                "API_GATEWAY_URL",
-                "http://localhost:4000",
-                &["http://", "https://"],
-            )?,
-            client_url: vars.url(
-                "CLIENT_URL",
-                "http://localhost:3000",
-                &["http://", "https://"],
-            )?,
+            api_gateway_url,
+            client_url,
             jwt_token: secret("JWT_TOKEN", "local-jwt-secret")?,
             gateway_jwt_token: secret("GATEWAY_JWT_TOKEN", "local-gateway-secret")?,
             database_url: ConnectionUrl(database_url),
             database_name,
-            rabbitmq_endpoint: ConnectionUrl(vars.url(
-                "RABBITMQ_ENDPOINT",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                &["amqp://", "amqps://"],
-            )?),
+            rabbitmq_endpoint: ConnectionUrl(rabbitmq_endpoint),
             exchange_prefix: vars.get("AMQP_EXCHANGE_PREFIX").unwrap_or_default(),
             redis_url: match vars.get("REDIS_URL") {
                 None => None,
@@ -306,14 +328,7 @@ impl Config {
                 "FLUTTERWAVE_SECRET_KEY",
                 "FLWSECK_TEST-local-simulator",
             )?,
-            flutterwave_api_url: vars
-                .url(
-                    "FLUTTERWAVE_API_URL",
-                    "http://127.0.0.1:4010/v3",
-                    &["http://", "https://"],
-                )?
-                .trim_end_matches('/')
-                .to_string(),
+            flutterwave_api_url,
             flutterwave_webhook_hash: secret("FLUTTERWAVE_WEBHOOK_HASH", "local-webhook-hash")?,
             flutterwave_timeout: Duration::from_millis(
                 vars.parse("FLUTTERWAVE_TIMEOUT_MS", 10_000)?,
@@ -559,19 +574,43 @@ mod tests {
         );
     }
 
+    /// Where production's dependencies are; none is defaulted there.
+    const LOCATIONS: [(&str, &str); 5] = [
+        ("DATABASE_URL", "mongodb://db.internal:27017/orders"),
+        (
+            "RABBITMQ_ENDPOINT",
+            "amqps://orders:pw@mq.internal:5671/%2f",
+        ),
+        ("FLUTTERWAVE_API_URL", "https://api.flutterwave.com/v3"),
+        ("CLIENT_URL", "https://gigconnect.example"),
+        ("API_GATEWAY_URL", "https://gateway.gigconnect.example"),
+    ];
+
     #[test]
     fn production_refuses_placeholders_and_missing_secrets() {
-        assert_eq!(
-            config(&[("NODE_ENV", "production")]).unwrap_err().variable,
-            "JWT_TOKEN"
-        );
-        let error = config(&[
-            ("NODE_ENV", "production"),
-            ("JWT_TOKEN", "local-jwt-secret"),
-        ])
-        .unwrap_err();
+        let production = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![("NODE_ENV", "production")];
+            vars.extend(LOCATIONS);
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        assert_eq!(production(&[]).unwrap_err().variable, "JWT_TOKEN");
+        let error = production(&[("JWT_TOKEN", "local-jwt-secret")]).unwrap_err();
         assert_eq!(error.variable, "JWT_TOKEN");
         assert!(error.reason.contains("placeholder"));
+    }
+
+    #[test]
+    fn production_requires_where_its_dependencies_are() {
+        for (missing, _) in LOCATIONS {
+            let mut vars = vec![("NODE_ENV", "production")];
+            vars.extend(LOCATIONS.into_iter().filter(|(name, _)| *name != missing));
+            let error = config(&vars).unwrap_err();
+            assert_eq!(error.variable, missing);
+            assert_eq!(error.reason, "required in production");
+        }
+        // Elsewhere the local defaults stand in.
+        assert!(config(&[("NODE_ENV", "test")]).is_ok());
     }
 
     #[test]
