@@ -376,9 +376,17 @@ impl Relay {
         // A handed-over aggregate counts as going to the broker, since only
         // its records tell; without the broker, reading the kinds of its
         // due records finds those that need none.
-        if channel.is_none() && due.has_amqp() && !scan {
-            let handed: Vec<String> = due.aggregates.into_iter().map(|a| a.id).collect();
-            due = self.due_of(&handed).await?;
+        if channel.is_none() && due.has_amqp() {
+            let (handed, scanned): (Vec<DueAggregate>, Vec<DueAggregate>) = due
+                .aggregates
+                .into_iter()
+                .partition(|a| a.records.is_none());
+            let handed: Vec<String> = handed.into_iter().map(|a| a.id).collect();
+            due.aggregates = scanned;
+            if !handed.is_empty() {
+                due.aggregates
+                    .extend(self.due_of(&handed).await?.aggregates);
+            }
         }
         // Without a channel, an aggregate with an AMQP record due could only
         // fail; it is left unclaimed and unread until the broker is back.

@@ -544,7 +544,11 @@ impl Orders {
         self.change(order_id, &actor, move |order, _, _| {
             let mut next = order.clone();
             let slot = match &stray {
-                None => next.refund.as_mut(),
+                // An order cancelled before refunds were recorded on it.
+                None => Some(&mut *next.refund.get_or_insert_with(|| Refund {
+                    status: RefundStatus::Pending,
+                    ..outcome.clone()
+                })),
                 Some(transaction) => next
                     .stray_payments
                     .iter_mut()

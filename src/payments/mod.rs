@@ -11,7 +11,7 @@ pub mod settle;
 pub mod verification;
 
 use crate::orders::commands::Actor;
-use crate::orders::model::{Order, OrderStatus, Party};
+use crate::orders::model::{Order, OrderStatus, Party, RefundStatus};
 use crate::orders::state_machine::{Action, Refused};
 use crate::orders::{OrderError, Orders};
 use flutterwave::{Flutterwave, ProviderError};
@@ -90,10 +90,24 @@ impl Payments {
         };
         match settle::settle(&self.orders, actor, &order, &transaction).await? {
             Settled::Paid(order) => Ok(order),
-            Settled::Refunding(order) => Err(OrderError::Conflict(format!(
-                "cannot pay an order that is {}; this payment will be refunded in full",
-                order.status
-            ))),
+            Settled::Refunding(order) => {
+                let refund = order
+                    .stray_payments
+                    .iter()
+                    .find(|s| s.transaction_id == transaction_id)
+                    .map(|s| s.refund.status);
+                let fate = match refund {
+                    Some(RefundStatus::Completed) => "was refunded in full",
+                    Some(RefundStatus::Failed) => {
+                        "could not be refunded automatically; support will refund it"
+                    }
+                    _ => "will be refunded in full",
+                };
+                Err(OrderError::Conflict(format!(
+                    "cannot pay an order that is {}; this payment {fate}",
+                    order.status
+                )))
+            }
         }
     }
 }

@@ -114,11 +114,15 @@ impl Reconciler {
             .orders
             .clone_with_type::<Document>()
             .find(doc! {
-                "status": "AWAITING_PAYMENT",
+                // Cancelled ones too: their checkout page stays payable, and
+                // a payment made there is refunded in full.
+                "status": { "$in": ["AWAITING_PAYMENT", "CANCELLED"] },
+                "flutterwave.transactionId": null,
                 "flutterwave.checkoutAt": { "$gte": text(oldest), "$lte": text(newest) },
             })
             .projection(doc! { "orderId": 1 })
-            .sort(doc! { "flutterwave.checkoutAt": 1 })
+            // Newest first: recent checkouts are the likeliest to be paid.
+            .sort(doc! { "flutterwave.checkoutAt": -1 })
             .await?
             .try_collect::<Vec<Document>>()
             .await?
@@ -133,7 +137,11 @@ impl Reconciler {
             .take(self.settings.batch)
         {
             if let Some(order) = self.orders.repository().by_order_id(order_id).await?
-                && order.status == OrderStatus::AwaitingPayment
+                && matches!(
+                    order.status,
+                    OrderStatus::AwaitingPayment | OrderStatus::Cancelled
+                )
+                && order.flutterwave.transaction_id.is_none()
             {
                 due.push(order);
             }
@@ -196,7 +204,15 @@ impl Reconciler {
         let taken = self
             .checks
             .find_one_and_update(
-                doc! { "_id": &order.order_id, "nextCheckAt": { "$lte": now } },
+                // A schedule left without `nextCheckAt` (its creator died
+                // between the two writes) counts as due, as `not_yet_due` has it.
+                doc! {
+                    "_id": &order.order_id,
+                    "$or": [
+                        { "nextCheckAt": { "$lte": now } },
+                        { "nextCheckAt": { "$exists": false } },
+                    ],
+                },
                 doc! { "$inc": { "attempts": 1 }, "$set": { "lastCheckAt": now } },
             )
             .upsert(true)

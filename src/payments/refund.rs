@@ -6,7 +6,7 @@
 //! Flutterwave applied it), and the relay never runs it in two instances
 //! at once.
 
-use super::flutterwave::{Flutterwave, ProviderError};
+use super::flutterwave::{Flutterwave, ProviderError, RefundRecord};
 use crate::orders::Orders;
 use crate::orders::model::{Refund, RefundStatus};
 use outbox::handler::HandlerFuture;
@@ -46,17 +46,7 @@ impl RefundHandler {
             ));
         };
         let attempts = record.attempts + 1;
-        let applied = self
-            .flutterwave
-            .refunds_for(transaction_id)
-            .await
-            .map_err(delivery_error)?
-            .into_iter()
-            // The list is asked for by transaction; an answer about another
-            // one must not count as this one's refund.
-            .filter(|r| r.tx_id.is_none_or(|id| id.to_string() == transaction_id))
-            .find(|r| r.status != "failed" && (r.amount_refunded - command.amount).abs() < 0.005);
-        let refund = match applied {
+        let refund = match self.applied(transaction_id, command.amount).await? {
             Some(existing) => existing,
             None => match self
                 .flutterwave
@@ -65,6 +55,18 @@ impl RefundHandler {
             {
                 Ok(refund) => refund,
                 Err(ProviderError::Rejected(reason)) => {
+                    // An earlier attempt, stopped while Flutterwave was slow,
+                    // may have landed since the look-up: then that is why.
+                    if let Some(existing) = self.applied(transaction_id, command.amount).await? {
+                        return self
+                            .save(
+                                &command,
+                                RefundStatus::Completed,
+                                Some(existing.id.to_string()),
+                                attempts,
+                            )
+                            .await;
+                    }
                     self.save(&command, RefundStatus::Failed, None, attempts)
                         .await?;
                     return Err(DeliveryError::Permanent(format!(
@@ -81,6 +83,25 @@ impl RefundHandler {
             attempts,
         )
         .await
+    }
+
+    /// A refund of `amount` Flutterwave already applied (or is applying)
+    /// to the transaction, if any.
+    async fn applied(
+        &self,
+        transaction_id: &str,
+        amount: f64,
+    ) -> Result<Option<RefundRecord>, DeliveryError> {
+        Ok(self
+            .flutterwave
+            .refunds_for(transaction_id)
+            .await
+            .map_err(delivery_error)?
+            .into_iter()
+            // The list is asked for by transaction; an answer about another
+            // one must not count as this one's refund.
+            .filter(|r| r.tx_id.is_none_or(|id| id.to_string() == transaction_id))
+            .find(|r| r.status != "failed" && (r.amount_refunded - amount).abs() < 0.005))
     }
 
     async fn save(

@@ -1,8 +1,8 @@
 //! Applies a transaction Flutterwave confirmed to its order: it pays an
 //! order awaiting payment; an order that can no longer take it (cancelled,
-//! or paid by another transaction) refunds it in full. Shared by PUT verify
-//! and the webhook's re-verification command, so a payment made through
-//! a second checkout, or after a cancellation, is never silently kept.
+//! or paid by another transaction) refunds it in full. Shared by PUT verify,
+//! the webhook's re-verification command and the reconciliation sweep, so
+//! a payment any of them sees is never silently kept.
 
 use super::flutterwave::Transaction;
 use super::verification;

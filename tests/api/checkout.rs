@@ -194,30 +194,18 @@ async fn webhook_verify_route_and_sweep_racing_make_one_transition() {
 
 #[tokio::test]
 async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
-    // One order per sweep, and an order once checked waits an hour.
+    // One order per sweep, newest checkout first.
     let app = spawn_app_with(Options {
         extra_env: vec![
             ("RECONCILE_INTERVAL_MS", "200".into()),
             ("RECONCILE_FIRST_DELAY_SECS", "1".into()),
-            ("RECONCILE_GROWTH", "10000".into()),
             ("RECONCILE_BATCH", "1".into()),
         ],
         ..Options::default()
     })
     .await;
     let sim = app.sim.sim();
-    // Two older unpaid checkouts, each checked once and now not due.
-    for (buyer, seller) in [("ada", "bo"), ("cy", "di")] {
-        let id = oid();
-        app.new_order(&id, buyer, seller, 100.0).await;
-        assert_eq!(checkout(&app, buyer, &id).await.status, StatusCode::OK);
-    }
-    let started = std::time::Instant::now();
-    while sim.calls().verify_by_reference < 2 {
-        assert!(started.elapsed() < Duration::from_secs(20), "both checked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // A newer checkout, paid with its webhook lost.
+    // The oldest checkout, paid with its webhook lost.
     let id = oid();
     let order = app.new_order(&id, "eli", "fox", 300.0).await;
     assert_eq!(checkout(&app, "eli", &id).await.status, StatusCode::OK);
@@ -231,6 +219,20 @@ async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
     )
     .await
     .expect("paid");
+    // Two newer unpaid checkouts, whose schedules say "in an hour", as if
+    // they had just been checked.
+    let checks = app.db.collection::<bson::Document>("payment_checks");
+    for (buyer, seller) in [("ada", "bo"), ("cy", "di")] {
+        let newer = oid();
+        app.new_order(&newer, buyer, seller, 100.0).await;
+        assert_eq!(checkout(&app, buyer, &newer).await.status, StatusCode::OK);
+        let in_an_hour =
+            bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 3_600_000);
+        checks
+            .insert_one(bson::doc! { "_id": &newer, "attempts": 1, "nextCheckAt": in_an_hour })
+            .await
+            .expect("schedule");
+    }
     let mut status = serde_json::Value::Null;
     for _ in 0..100 {
         status = app.get("eli", &id).await.body["order"]["status"].clone();
@@ -241,8 +243,54 @@ async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
     }
     assert_eq!(
         status, "PROCESSING",
-        "the older, not-due checkouts took no turn"
+        "the newer, not-due checkouts took no turn"
     );
-    assert_eq!(sim.calls().verify_by_reference, 3);
+    assert_eq!(
+        sim.calls().verify_by_reference,
+        1,
+        "only the due order was asked about"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
+    let app = spawn_app_with(sweeping()).await;
+    let id = oid();
+    let order = app.new_order(&id, "gil", "hu", 400.0).await;
+    assert_eq!(checkout(&app, "gil", &id).await.status, StatusCode::OK);
+    assert_eq!(app.cancel("gil", &id).await.status, StatusCode::OK);
+    // Paid on the page left open; the webhook is lost and the buyer's page
+    // never verifies.
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    let sim = app.sim.sim();
+    sim.pay_link(
+        tx_ref,
+        PayOptions {
+            lose_webhook: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("paid");
+    let mut stored = serde_json::Value::Null;
+    for _ in 0..150 {
+        stored = app.get("gil", &id).await.body["order"].clone();
+        if stored["strayPayments"][0]["refund"]["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored["strayPayments"][0]["refund"]["status"], "completed",
+        "{stored}"
+    );
+    assert_eq!(stored["status"], "CANCELLED");
+    let refunds = sim.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(
+        refunds[0].amount_refunded,
+        400.0 + order["serviceFee"].as_f64().unwrap()
+    );
     app.shutdown().await;
 }
