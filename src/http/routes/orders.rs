@@ -260,7 +260,7 @@ fn list_response(message: &str, orders: Vec<Order>, limit: i64) -> Json<OrderPag
         (status = 400, description = "Payment not accepted (status, reference, currency or amount), or a malformed id", body = ErrorBody),
         (status = 403, description = "Bad gateway token, or not the buyer", body = ErrorBody),
         (status = 404, description = "No order with this `txRef`", body = ErrorBody),
-        (status = 409, description = "Not awaiting payment, or changed concurrently", body = ErrorBody),
+        (status = 409, description = "Not awaiting payment (a successful payment it can no longer take is refunded in full, and the message says so), or changed concurrently", body = ErrorBody),
         (status = 502, description = "Flutterwave answered with an error", body = ErrorBody),
         (status = 503, description = "Flutterwave unavailable or its breaker open (or timed out)", body = ErrorBody,
             headers(("Retry-After" = i64, description = "Seconds"))),
