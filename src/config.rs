@@ -383,15 +383,7 @@ impl Config {
                 max_age: Duration::from_secs(
                     vars.parse::<u64>("RECONCILE_MAX_AGE_HOURS", 24)? * 3_600,
                 ),
-                batch: match vars.parse("RECONCILE_BATCH", 500usize)? {
-                    0 => {
-                        return Err(ConfigError {
-                            variable: "RECONCILE_BATCH",
-                            reason: "must be at least 1".into(),
-                        });
-                    }
-                    batch => batch,
-                },
+                batch: vars.count("RECONCILE_BATCH", 500usize)?,
             },
             review_prefetch: match vars.parse("REVIEW_PREFETCH", 20u16)? {
                 0 => {

@@ -246,8 +246,7 @@ impl Orders {
     ) -> Result<Order, OrderError> {
         self.change(order_id, actor, move |order, ctx, now| {
             if order.status != OrderStatus::AwaitingPayment
-                && order.flutterwave.transaction_id.as_deref()
-                    == Some(payment.transaction_id.as_str())
+                && order.paid_with(&payment.transaction_id)
             {
                 return Ok(Decision::Unchanged);
             }
@@ -582,8 +581,7 @@ impl Orders {
                     "the order awaits payment: the payment pays it".into(),
                 ));
             }
-            let known = order.flutterwave.transaction_id.as_deref()
-                == Some(stray.transaction_id.as_str())
+            let known = order.paid_with(&stray.transaction_id)
                 || order
                     .stray_payments
                     .iter()

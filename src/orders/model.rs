@@ -219,6 +219,11 @@ pub enum Party {
 }
 
 impl Order {
+    /// Whether `transaction_id` is the payment the order was paid with.
+    pub fn paid_with(&self, transaction_id: &str) -> bool {
+        self.flutterwave.transaction_id.as_deref() == Some(transaction_id)
+    }
+
     /// The caller's side, comparing usernames case-insensitively; `None` for strangers.
     pub fn party_of(&self, username: &str) -> Option<Party> {
         if self.buyer_username.eq_ignore_ascii_case(username) {

@@ -66,9 +66,7 @@ impl Payments {
             None => return Err(OrderError::Forbidden("you are not a party to this order")),
         }
         // The order's own payment, asked about again.
-        if order.status != OrderStatus::AwaitingPayment
-            && order.flutterwave.transaction_id.as_deref() == Some(transaction_id)
-        {
+        if order.status != OrderStatus::AwaitingPayment && order.paid_with(transaction_id) {
             return Ok(order);
         }
         let Some(transaction) = self

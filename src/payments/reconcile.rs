@@ -130,24 +130,23 @@ impl Reconciler {
             .filter_map(|d| d.get_str("orderId").ok().map(String::from))
             .collect();
         let waiting = self.not_yet_due(&candidates).await?;
-        let mut due = Vec::new();
+        let mut outcome = SweepOutcome::default();
         for order_id in candidates
             .iter()
             .filter(|id| !waiting.contains(*id))
             .take(self.settings.batch)
         {
-            if let Some(order) = self.orders.repository().by_order_id(order_id).await?
-                && matches!(
-                    order.status,
-                    OrderStatus::AwaitingPayment | OrderStatus::Cancelled
-                )
-                && order.flutterwave.transaction_id.is_none()
+            // Read just before its check: the checks before it take time.
+            let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
+                continue;
+            };
+            if !matches!(
+                order.status,
+                OrderStatus::AwaitingPayment | OrderStatus::Cancelled
+            ) || order.flutterwave.transaction_id.is_some()
             {
-                due.push(order);
+                continue;
             }
-        }
-        let mut outcome = SweepOutcome::default();
-        for order in due {
             if !self.take_check(&order).await? {
                 continue;
             }

@@ -46,7 +46,7 @@ impl ReverifyHandler {
                 DeliveryError::Permanent(format!("no order has tx_ref {}", command.tx_ref))
             })?;
         // The order's own payment, announced again.
-        if order.flutterwave.transaction_id.as_deref() == Some(command.transaction_id.as_str()) {
+        if order.paid_with(&command.transaction_id) {
             return Ok(());
         }
         let transaction = match self.flutterwave.verify(&command.transaction_id).await {

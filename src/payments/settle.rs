@@ -31,7 +31,7 @@ pub async fn settle(
     transaction: &Transaction,
 ) -> Result<Settled, OrderError> {
     let id = transaction.id.to_string();
-    if order.flutterwave.transaction_id.as_deref() == Some(id.as_str()) {
+    if order.paid_with(&id) {
         return Ok(Settled::Paid(order.clone()));
     }
     if order.status == OrderStatus::AwaitingPayment {
@@ -55,7 +55,7 @@ pub async fn settle(
     let now = orders
         .record_stray_payment(actor, &order.order_id, stray)
         .await?;
-    if now.flutterwave.transaction_id.as_deref() == Some(id.as_str()) {
+    if now.paid_with(&id) {
         Ok(Settled::Paid(now))
     } else {
         Ok(Settled::Refunding(now))

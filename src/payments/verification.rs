@@ -9,12 +9,7 @@ const TOLERANCE: f64 = 0.005;
 
 /// Checks `transaction` against the stored `order`; the error says why not.
 pub fn check(order: &Order, transaction: &Transaction) -> Result<ConfirmedPayment, String> {
-    if transaction.status != "successful" {
-        return Err(format!("transaction status is {}", transaction.status));
-    }
-    if transaction.tx_ref != order.flutterwave.tx_ref {
-        return Err("transaction reference does not match the order".into());
-    }
+    took_money_for(order, transaction)?;
     if !transaction.currency.eq_ignore_ascii_case(&order.currency) {
         return Err(format!(
             "currency {} does not match the order's {}",
@@ -44,12 +39,7 @@ pub fn check(order: &Order, transaction: &Transaction) -> Result<ConfirmedPaymen
 /// another transaction, or cancelled): it is owed back in full if it is a
 /// successful payment of this order.
 pub fn stray(order: &Order, transaction: &Transaction) -> Result<StrayPayment, String> {
-    if transaction.status != "successful" {
-        return Err(format!("transaction status is {}", transaction.status));
-    }
-    if transaction.tx_ref != order.flutterwave.tx_ref {
-        return Err("transaction reference does not match the order".into());
-    }
+    took_money_for(order, transaction)?;
     Ok(StrayPayment {
         transaction_id: transaction.id.to_string(),
         amount: transaction.amount,
@@ -61,4 +51,15 @@ pub fn stray(order: &Order, transaction: &Transaction) -> Result<StrayPayment, S
             attempts: 0,
         },
     })
+}
+
+/// Whether `transaction` is a successful payment made for `order`.
+fn took_money_for(order: &Order, transaction: &Transaction) -> Result<(), String> {
+    if transaction.status != "successful" {
+        return Err(format!("transaction status is {}", transaction.status));
+    }
+    if transaction.tx_ref != order.flutterwave.tx_ref {
+        return Err("transaction reference does not match the order".into());
+    }
+    Ok(())
 }

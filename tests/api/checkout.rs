@@ -20,6 +20,21 @@ fn sweeping() -> Options {
     }
 }
 
+/// Pays `order`'s checkout link in the simulator; its webhook is lost.
+async fn pay_losing_the_webhook(app: &TestApp, order: &serde_json::Value) {
+    app.sim
+        .sim()
+        .pay_link(
+            order["flutterwave"]["txRef"].as_str().unwrap(),
+            PayOptions {
+                lose_webhook: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("paid");
+}
+
 async fn checkout(app: &TestApp, user: &str, order_id: &str) -> Reply {
     app.request(
         Method::POST,
@@ -96,18 +111,7 @@ async fn the_sweep_pays_an_order_whose_webhook_was_lost() {
     let id = oid();
     let order = app.new_order(&id, "oli", "pat", 300.0).await;
     assert_eq!(checkout(&app, "oli", &id).await.status, StatusCode::OK);
-    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
-    app.sim
-        .sim()
-        .pay_link(
-            tx_ref,
-            PayOptions {
-                lose_webhook: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("paid");
+    pay_losing_the_webhook(&app, &order).await;
     tap.wait_until(Duration::from_secs(30), |_| {
         tap.for_order(&order).len() >= 3
     })
@@ -209,16 +213,7 @@ async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
     let id = oid();
     let order = app.new_order(&id, "eli", "fox", 300.0).await;
     assert_eq!(checkout(&app, "eli", &id).await.status, StatusCode::OK);
-    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
-    sim.pay_link(
-        tx_ref,
-        PayOptions {
-            lose_webhook: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("paid");
+    pay_losing_the_webhook(&app, &order).await;
     // Two newer unpaid checkouts, whose schedules say "in an hour", as if
     // they had just been checked.
     let checks = app.db.collection::<bson::Document>("payment_checks");
@@ -233,14 +228,10 @@ async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
             .await
             .expect("schedule");
     }
-    let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        status = app.get("eli", &id).await.body["order"]["status"].clone();
-        if status == "PROCESSING" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = app
+        .order_until("eli", &id, |o| o["status"] == "PROCESSING")
+        .await["status"]
+        .clone();
     assert_eq!(
         status, "PROCESSING",
         "the newer, not-due checkouts took no turn"
@@ -262,25 +253,13 @@ async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
     assert_eq!(app.cancel("gil", &id).await.status, StatusCode::OK);
     // Paid on the page left open; the webhook is lost and the buyer's page
     // never verifies.
-    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    pay_losing_the_webhook(&app, &order).await;
     let sim = app.sim.sim();
-    sim.pay_link(
-        tx_ref,
-        PayOptions {
-            lose_webhook: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("paid");
-    let mut stored = serde_json::Value::Null;
-    for _ in 0..150 {
-        stored = app.get("gil", &id).await.body["order"].clone();
-        if stored["strayPayments"][0]["refund"]["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = app
+        .order_until("gil", &id, |o| {
+            o["strayPayments"][0]["refund"]["status"] == "completed"
+        })
+        .await;
     assert_eq!(
         stored["strayPayments"][0]["refund"]["status"], "completed",
         "{stored}"

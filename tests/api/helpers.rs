@@ -233,6 +233,25 @@ impl TestApp {
         .await
     }
 
+    /// Reads `order_id` as `user` every 100 ms until `done` holds of it, for
+    /// at most 30 s; returns the order as last read.
+    pub async fn order_until(
+        &self,
+        user: &str,
+        order_id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut order = Value::Null;
+        for _ in 0..300 {
+            order = self.get(user, order_id).await.body["order"].clone();
+            if done(&order) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        order
+    }
+
     /// A successful Flutterwave transaction paying `order` in full.
     pub fn payment_for(&self, order: &Value) -> u64 {
         let amount = order["price"].as_f64().unwrap() + order["serviceFee"].as_f64().unwrap();

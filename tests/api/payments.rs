@@ -131,20 +131,7 @@ async fn the_same_webhook_ten_times_pays_once() {
     let tap = EventTap::start(&app).await;
     let order = app.new_order(&oid(), "eve", "fay", 250.0).await;
     let payment = app.payment_for(&order);
-    let sim = app.sim.sim();
-    sim.set_webhook_target(app.webhook_url(), WEBHOOK_HASH);
-    let status = sim
-        .send_webhook(
-            payment,
-            WebhookOptions {
-                times: 10,
-                concurrent: true,
-                sign: SignMode::Both,
-            },
-        )
-        .await
-        .expect("webhook");
-    assert_eq!(status, 200);
+    assert_eq!(webhook(&app, payment, 10).await, 200);
     tap.wait_until(Duration::from_secs(30), |_| {
         tap.for_order(&order).len() >= 3
     })
@@ -283,31 +270,39 @@ async fn a_refund_waits_out_a_flutterwave_outage() {
     );
 
     sim.set_faults(Faults::default());
-    let mut refund = serde_json::Value::Null;
-    for _ in 0..300 {
-        refund = app.get("ida", &id).await.body["order"]["refund"].clone();
-        if refund["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refund = app
+        .order_until("ida", &id, |o| o["refund"]["status"] == "completed")
+        .await["refund"]
+        .clone();
     assert_eq!(refund["status"], "completed");
     assert_eq!(sim.refunds().len(), 1);
     assert_eq!(sim.refunds()[0].amount_refunded, 950.0);
     app.shutdown().await;
 }
 
-/// Polls the order until its first stray payment's refund is settled.
+/// Reads the order until its first stray payment's refund is settled.
 async fn stray_refund_settled(app: &TestApp, buyer: &str, order_id: &str) -> serde_json::Value {
-    let mut order = serde_json::Value::Null;
-    for _ in 0..300 {
-        order = app.get(buyer, order_id).await.body["order"].clone();
-        if order["strayPayments"][0]["refund"]["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    order
+    app.order_until(buyer, order_id, |o| {
+        o["strayPayments"][0]["refund"]["status"] == "completed"
+    })
+    .await
+}
+
+/// Has the simulator send `payment`'s webhook `times` times at once, signed
+/// both ways; the status the service answered.
+async fn webhook(app: &TestApp, payment: u64, times: usize) -> u16 {
+    let sim = app.sim.sim();
+    sim.set_webhook_target(app.webhook_url(), WEBHOOK_HASH);
+    sim.send_webhook(
+        payment,
+        WebhookOptions {
+            times,
+            concurrent: true,
+            sign: SignMode::Both,
+        },
+    )
+    .await
+    .expect("webhook")
 }
 
 #[tokio::test]
@@ -318,20 +313,7 @@ async fn a_payment_made_after_the_order_was_cancelled_is_refunded_in_full_once()
     assert_eq!(app.cancel("kim", &id).await.status, StatusCode::OK);
     // The buyer still had the checkout page open, and pays.
     let payment = app.payment_for(&order);
-    let sim = app.sim.sim();
-    sim.set_webhook_target(app.webhook_url(), WEBHOOK_HASH);
-    let status = sim
-        .send_webhook(
-            payment,
-            WebhookOptions {
-                times: 3,
-                concurrent: true,
-                sign: SignMode::Both,
-            },
-        )
-        .await
-        .expect("webhook");
-    assert_eq!(status, 200);
+    assert_eq!(webhook(&app, payment, 3).await, 200);
     // The buyer's page verifies too: refused, and told the money goes back.
     let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
     let verified = app.verify("kim", payment, tx_ref).await;
@@ -353,7 +335,7 @@ async fn a_payment_made_after_the_order_was_cancelled_is_refunded_in_full_once()
     assert_eq!(strays[0]["refund"]["status"], "completed");
     // Webhook three times and the verify route: one refund, of everything paid.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let refunds = sim.refunds();
+    let refunds = app.sim.sim().refunds();
     assert_eq!(refunds.len(), 1, "{refunds:?}");
     assert_eq!(refunds[0].tx_id, payment);
     assert_eq!(
