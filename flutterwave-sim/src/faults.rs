@@ -33,6 +33,10 @@ pub struct Faults {
     /// The next N refunds are applied and recorded, then the answer is withheld so the
     /// client times out not knowing the refund went through. Ignores `only`.
     pub refund_drop_response_next: u32,
+    /// Refunds applied while this is set start `pending` and turn
+    /// `completed` once they have been looked up this many times (as a
+    /// bank-routed refund settles later). Ignores `only`.
+    pub refund_pending_lookups: u32,
     /// Restrict the other faults to one operation.
     pub only: Option<Operation>,
 }

@@ -140,9 +140,12 @@ async fn get_refund(State(app): State<AppState>, Path(id): Path<String>) -> Resp
         .sim
         .lock()
         .refunds
-        .iter()
+        .iter_mut()
         .find(|r| Some(r.id) == id)
-        .cloned();
+        .map(|r| {
+            r.looked_up();
+            r.clone()
+        });
     match refund {
         Some(r) => wire::success("Refund fetched", wire::refund_data(&r)),
         None => wire::error(StatusCode::BAD_REQUEST, "No refund was found for this id"),
@@ -165,10 +168,13 @@ async fn list_refunds(
         .sim
         .lock()
         .refunds
-        .iter()
+        .iter_mut()
         .filter(|r| tx_id.is_none_or(|id| r.tx_id == id))
         .filter(|r| flw_ref.is_none_or(|f| &r.flw_ref == f))
-        .map(wire::refund_data)
+        .map(|r| {
+            r.looked_up();
+            wire::refund_data(r)
+        })
         .collect();
     axum::Json(json!({
         "status": "success",

@@ -84,6 +84,20 @@ pub struct Refund {
     pub destination: String,
     pub comments: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Look-ups left before a `pending` refund turns `completed`.
+    pub pending_lookups: u32,
+}
+
+impl Refund {
+    /// A look-up of this refund: a pending one settles after its last.
+    pub(crate) fn looked_up(&mut self) {
+        if self.status == "pending" {
+            self.pending_lookups = self.pending_lookups.saturating_sub(1);
+            if self.pending_lookups == 0 {
+                self.status = "completed".into();
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +283,7 @@ impl State {
 
         let id = self.next_refund_id;
         self.next_refund_id += 1;
+        let pending_lookups = self.faults.refund_pending_lookups;
         let now = Utc::now();
         let refund = Refund {
             id,
@@ -277,10 +292,16 @@ impl State {
             flw_ref: format!("URF_{}_{id}", now.timestamp_millis()),
             wallet_id: WALLET_ID,
             amount_refunded: amount,
-            status: "completed".into(),
+            status: if pending_lookups > 0 {
+                "pending"
+            } else {
+                "completed"
+            }
+            .into(),
             destination: "payment_source".into(),
             comments,
             created_at: now,
+            pending_lookups,
         };
         self.refunds.push(refund.clone());
 

@@ -360,6 +360,26 @@ async fn refund_applied_but_response_dropped() {
 }
 
 #[tokio::test]
+async fn a_pending_refund_settles_after_its_lookups() {
+    let h = start().await;
+    let id = paid(&h, "order-9p", 300.0);
+    h.sim().set_faults(Faults {
+        refund_pending_lookups: 2,
+        ..Default::default()
+    });
+    let (status, _, body) = post(&h, &format!("/transactions/{id}/refund"), json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["status"], "pending");
+    let refund = body["data"]["id"].as_u64().unwrap();
+    let (_, _, body) = get(&h, &format!("/refunds?tx_id={id}")).await;
+    assert_eq!(body["data"][0]["status"], "pending");
+    let (_, _, body) = get(&h, &format!("/refunds/{refund}")).await;
+    assert_eq!(body["data"]["status"], "completed");
+    let (_, _, body) = get(&h, &format!("/refunds?tx_id={id}")).await;
+    assert_eq!(body["data"][0]["status"], "completed");
+}
+
+#[tokio::test]
 async fn hang_and_latency() {
     let h = start().await;
     let id = paid(&h, "order-10", 100.0);

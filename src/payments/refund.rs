@@ -54,28 +54,39 @@ impl RefundHandler {
                 .await
             {
                 Ok(refund) => refund,
+                // An earlier attempt, stopped while Flutterwave was slow,
+                // may have landed since the look-up: then that is why.
                 Err(ProviderError::Rejected(reason)) => {
-                    // An earlier attempt, stopped while Flutterwave was slow,
-                    // may have landed since the look-up: then that is why.
-                    if let Some(existing) = self.applied(transaction_id, command.amount).await? {
-                        return self
-                            .save(
-                                &command,
-                                RefundStatus::Completed,
-                                Some(existing.id.to_string()),
-                                attempts,
-                            )
-                            .await;
+                    match self.applied(transaction_id, command.amount).await? {
+                        Some(existing) => existing,
+                        None => {
+                            self.save(&command, RefundStatus::Failed, None, attempts)
+                                .await?;
+                            return Err(DeliveryError::Permanent(format!(
+                                "refund refused: {reason}"
+                            )));
+                        }
                     }
-                    self.save(&command, RefundStatus::Failed, None, attempts)
-                        .await?;
-                    return Err(DeliveryError::Permanent(format!(
-                        "refund refused: {reason}"
-                    )));
                 }
                 Err(e) => return Err(delivery_error(e)),
             },
         };
+        if refund.status == "pending" {
+            // Flutterwave took the refund but has not settled it: the
+            // order says so, and the next attempt's look-up finds this
+            // refund (never a second one) and records how it ended.
+            self.save(
+                &command,
+                RefundStatus::Pending,
+                Some(refund.id.to_string()),
+                attempts,
+            )
+            .await?;
+            return Err(DeliveryError::Transient(format!(
+                "refund {} is pending at Flutterwave",
+                refund.id
+            )));
+        }
         self.save(
             &command,
             RefundStatus::Completed,

@@ -243,6 +243,40 @@ async fn a_refund_whose_response_was_lost_is_applied_once() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_refund_pending_at_flutterwave_stays_pending_until_it_settles() {
+    let app = spawn_app().await;
+    let id = oid();
+    let order = app.new_order(&id, "uma", "victor", 1000.0).await;
+    app.pay("uma", &order).await;
+    app.sim.sim().set_faults(flutterwave_sim::Faults {
+        refund_pending_lookups: 3,
+        ..Default::default()
+    });
+    assert_eq!(app.cancel("victor", &id).await.status, StatusCode::OK);
+    let taken = app
+        .order_until("uma", &id, |o| {
+            o["refund"]["flutterwaveRefundId"].is_string()
+        })
+        .await;
+    assert_eq!(
+        taken["refund"]["status"], "pending",
+        "Flutterwave has not settled it yet: {taken}"
+    );
+    let settled = app
+        .order_until("uma", &id, |o| o["refund"]["status"] == "completed")
+        .await;
+    assert_eq!(settled["refund"]["status"], "completed", "{settled}");
+    assert_eq!(
+        settled["refund"]["flutterwaveRefundId"],
+        taken["refund"]["flutterwaveRefundId"]
+    );
+    let refunds = app.sim.sim().refunds();
+    assert_eq!(refunds.len(), 1, "looked up again, never sent twice");
+    assert_eq!(refunds[0].status, "completed");
+    app.shutdown().await;
+}
+
 async fn wait_for_refund(app: &TestApp, id: &str) -> Value {
     for _ in 0..300 {
         let order = app.get("wendy", id).await;
