@@ -24,7 +24,8 @@ usage: outbox-bench [flags]
   --scan-limit N           relay: due records per round (default: the service's, 500)
   --relay-concurrency N    relay: aggregates at once (default: the service's, 32)
   --per-aggregate N        relay: records per aggregate per lease (default: the service's, 100)
-  --only LIST              comma-separated phases: tx,broker,floor,e2e,latency,drain,http,outage
+  --only LIST              comma-separated phases: tx,broker,floor,log,e2e,latency,drain,http,
+                           outage
   --no-monitor             no driver command monitoring (to check its overhead)
   --no-watch               relay without its change-stream watcher (to measure its cost)
   --no-hand                producers wake the relay to scan instead of handing it their
@@ -56,7 +57,7 @@ pub struct Args {
 }
 
 pub const PHASES: &[&str] = &[
-    "tx", "broker", "floor", "e2e", "latency", "drain", "http", "outage",
+    "tx", "broker", "floor", "log", "e2e", "latency", "drain", "http", "outage",
 ];
 
 impl Args {

@@ -336,18 +336,21 @@ pub struct Confirms {
 impl Observer for Confirms {
     fn observe(&self, record: &OutboxRecord, delivery: Delivery<'_>) {
         if let Delivery::Delivered { .. } = delivery {
-            let now = Instant::now();
-            if lock(&self.at)
-                .insert(record.message_id.clone(), now)
-                .is_none()
-            {
-                self.count.fetch_add(1, Ordering::Relaxed);
-            }
+            self.note(&record.message_id);
         }
     }
 }
 
 impl Confirms {
+    /// Notes that `id` was confirmed now (a repeat keeps the first).
+    pub fn note(&self, id: &str) {
+        let mut at = lock(&self.at);
+        if !at.contains_key(id) {
+            at.insert(id.to_string(), Instant::now());
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Waits until `n` distinct records were confirmed; false on timeout.
     pub async fn wait_for(&self, n: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

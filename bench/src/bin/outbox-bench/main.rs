@@ -6,6 +6,9 @@
 //! 2. raw broker rate: persistent publishes with confirms, pipelined;
 //!    1b/1c. the database's floor: commit, read and mark each record with
 //!    no broker and no relay, under load and for a backlog (`floor`);
+//!    1d/1e. the floor of an outbox that writes nothing per record: a log
+//!    read through the change stream, published, one cursor write per
+//!    batch (`log`);
 //! 3. end-to-end: commits with a running relay until every record is
 //!    confirmed, and its ratio to the smaller raw rate and to 1b;
 //! 4. commit→confirm latency at 25, 50 and 90 % of that rate, paced;
@@ -17,11 +20,13 @@
 //!
 //! Every phase has its own database and routing key; everything is
 //! dropped at the end. Layout: `cli` (flags), `harness` (client, relay,
-//! tap), `phases`, `floor`, `proxy`, `sys` (machine, CPU, RSS), `report`.
+//! tap), `phases`, `floor`, `log_floor`, `proxy`, `sys` (machine, CPU, RSS),
+//! `report`.
 
 mod cli;
 mod floor;
 mod harness;
+mod log_floor;
 mod phases;
 mod proxy;
 mod report;
@@ -100,6 +105,17 @@ async fn run(bench: &harness::Bench, watched: &sys::Watched) -> Result<report::R
         let backlog = floor::backlog(bench, watched).await?;
         eprintln!("    {:.1} rec/s for a backlog", backlog.rate());
         results.floor_backlog = Some(backlog);
+        bench.drop_databases().await;
+    }
+    if args.runs("log") {
+        eprintln!("1d, 1e floor of a log read through the change stream ...");
+        let commit = log_floor::commit_and_follow(bench, watched).await?;
+        eprintln!("    {:.1} /s under load", commit.throughput.rate());
+        results.log_commit = Some(commit);
+        bench.drop_databases().await;
+        let backlog = log_floor::backlog(bench, watched).await?;
+        eprintln!("    {:.1} rec/s for a backlog", backlog.throughput.rate());
+        results.log_backlog = Some(backlog);
         bench.drop_databases().await;
     }
     let mut max_rate = None;

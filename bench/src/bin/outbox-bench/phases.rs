@@ -217,7 +217,7 @@ pub async fn end_to_end(bench: &Bench, watched: &Watched) -> Result<EndToEnd, Bo
 }
 
 /// Sorted commit → confirm latencies of the confirmed records.
-fn latencies(committed: &[(String, Instant)], confirms: &Confirms) -> Vec<Duration> {
+pub fn latencies(committed: &[(String, Instant)], confirms: &Confirms) -> Vec<Duration> {
     let at = lock(&confirms.at);
     let mut out: Vec<Duration> = committed
         .iter()
