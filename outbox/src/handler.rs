@@ -21,6 +21,14 @@ pub enum DeliveryError {
         reason: String,
         retry_after: Duration,
     },
+    /// The effect is under way elsewhere and not settled yet (a provider
+    /// still processing it): look again after `retry_after`. Not a failure,
+    /// so it counts no attempt and never parks the record.
+    #[error("not yet: {reason}")]
+    NotYet {
+        reason: String,
+        retry_after: Duration,
+    },
 }
 
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;

@@ -117,7 +117,10 @@ impl RoundOutcome {
 /// Outcome of one delivery, for whoever counts them (metrics, logs).
 #[derive(Debug, Clone)]
 pub enum Delivery<'a> {
-    Delivered { latency: Duration },
+    Delivered {
+        latency: Duration,
+    },
+    /// Not delivered this time, and to be tried again (for `NotYet`: looked at again).
     Failed(&'a DeliveryError),
     Parked(&'a DeliveryError),
 }
@@ -717,16 +720,23 @@ impl Relay {
     async fn record_failure(&self, record: &OutboxRecord, error: &DeliveryError) -> Result<bool> {
         let now = DateTime::now();
         let (update, parked) = match error {
+            // Broker-wide outages are not written per record: the next
+            // round finds the same records due and the loop backs off.
+            DeliveryError::Unavailable { .. }
+                if matches!(record.destination, Destination::Amqp { .. }) =>
+            {
+                self.observe(record, Delivery::Failed(error));
+                return Ok(false);
+            }
+            // Neither is held against the record: no attempt is counted.
             DeliveryError::Unavailable {
                 reason,
                 retry_after,
+            }
+            | DeliveryError::NotYet {
+                reason,
+                retry_after,
             } => {
-                // Broker-wide outages are not written per record: the next
-                // round finds the same records due and the loop backs off.
-                if matches!(record.destination, Destination::Amqp { .. }) {
-                    self.observe(record, Delivery::Failed(error));
-                    return Ok(false);
-                }
                 let next =
                     DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
                 (
@@ -753,6 +763,9 @@ impl Relay {
         if parked {
             tracing::error!(message_id = %record.message_id, destination = %record.destination.label(), error = %error, "outbox record parked");
             self.observe(record, Delivery::Parked(error));
+        } else if let DeliveryError::NotYet { .. } = error {
+            tracing::info!(message_id = %record.message_id, destination = %record.destination.label(), error = %error, "outbox record not settled yet; will look again");
+            self.observe(record, Delivery::Failed(error));
         } else {
             tracing::warn!(message_id = %record.message_id, destination = %record.destination.label(), error = %error, "outbox delivery failed; will retry");
             self.observe(record, Delivery::Failed(error));

@@ -352,6 +352,73 @@ async fn failing_commands_are_retried_then_parked_and_replayable() {
     env.db.drop().await.ok();
 }
 
+/// Not settled until its `settles_on`-th call; notes when each call came.
+struct Settling {
+    calls: Mutex<Vec<std::time::Instant>>,
+    settles_on: usize,
+    recheck: Duration,
+}
+
+impl Handler for Settling {
+    fn handle<'a>(&'a self, _record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let mut calls = self.calls.lock().expect("calls");
+            calls.push(std::time::Instant::now());
+            if calls.len() < self.settles_on {
+                Err(DeliveryError::NotYet {
+                    reason: format!("still settling after {} looks", calls.len()),
+                    retry_after: self.recheck,
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_command_not_settled_yet_is_looked_at_again_later_without_counting_an_attempt() {
+    let env = env().await;
+    stage(
+        &env,
+        vec![NewRecord::command("agg", "settle", serde_json::json!({}))],
+    )
+    .await;
+    let recheck = Duration::from_millis(30);
+    let settling = Arc::new(Settling {
+        calls: Mutex::new(Vec::new()),
+        settles_on: 5,
+        recheck,
+    });
+    // Two attempts park a failing record: four looks must not count.
+    let config = RelayConfig {
+        max_attempts: 2,
+        ..test_relay(&env)
+    };
+    let relay = Relay::new(env.outbox.clone(), config).with_handler("settle", settling.clone());
+    // A drain stops once nothing is due; the next look is due later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.outbox.stats().await.expect("stats").pending > 0 {
+        assert!(std::time::Instant::now() < deadline, "never settled");
+        let outcome = relay.drain(Duration::from_secs(5)).await.expect("drain");
+        assert_eq!(outcome.parked, 0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let calls = settling.calls.lock().expect("calls").clone();
+    assert_eq!(calls.len(), 5, "looked at until it settled");
+    for pair in calls.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= recheck,
+            "looked at again after {:?}, before its {recheck:?}",
+            pair[1] - pair[0]
+        );
+    }
+    let record = &env.outbox.records_of("agg").await.expect("records")[0];
+    assert_eq!(record.status, RecordStatus::Published);
+    assert_eq!(record.attempts, 0);
+    env.db.drop().await.ok();
+}
+
 #[tokio::test]
 async fn a_record_waits_behind_its_predecessor() {
     let env = env().await;
