@@ -132,7 +132,11 @@ impl Application {
         let relay = relay
             .with_handler(
                 REFUND_COMMAND,
-                Arc::new(RefundHandler::new(flutterwave.clone(), orders.clone())),
+                Arc::new(RefundHandler::new(
+                    flutterwave.clone(),
+                    orders.clone(),
+                    config.refund_recheck,
+                )),
             )
             .with_handler(
                 VERIFY_COMMAND,

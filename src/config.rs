@@ -123,6 +123,9 @@ pub struct Config {
     pub flutterwave_webhook_hash: Secret,
     pub flutterwave_timeout: Duration,
     pub flutterwave_limits: FlutterwaveLimits,
+    /// How long a refund Flutterwave reports as pending waits before it is
+    /// looked up again (`REFUND_RECHECK_MS`).
+    pub refund_recheck: Duration,
     /// Currency of orders whose request names none.
     pub currency: String,
     pub cloudinary: Cloudinary,
@@ -333,6 +336,7 @@ impl Config {
             flutterwave_timeout: Duration::from_millis(
                 vars.parse("FLUTTERWAVE_TIMEOUT_MS", 10_000)?,
             ),
+            refund_recheck: Duration::from_millis(vars.count("REFUND_RECHECK_MS", 300_000)?),
             flutterwave_limits: FlutterwaveLimits {
                 max_concurrency: vars.parse("FLUTTERWAVE_MAX_CONCURRENCY", 16)?,
                 rate_per_second: vars.parse("FLUTTERWAVE_RATE_PER_SEC", 20)?,

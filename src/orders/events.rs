@@ -12,6 +12,11 @@ pub const ORDER_EMAIL: &str = "order-email";
 /// Outbox command that refunds a cancelled paid order through Flutterwave.
 pub const REFUND_COMMAND: &str = "flutterwave.refund";
 
+/// The outbox aggregate of an order's refunds.
+pub fn refund_aggregate(order_id: &str) -> String {
+    format!("refund:{order_id}")
+}
+
 /// Exchange names, with the deployment's prefix.
 #[derive(Debug, Clone)]
 pub struct Exchanges {
@@ -136,33 +141,34 @@ impl<'a> Emitter<'a> {
             json!({ "type": "cancel-order", "buyerId": o.buyer_id, "purchasedGigs": o.gig_id }),
         );
         if let Some(amount) = refund {
-            self.push(NewRecord::command(
-                &o.order_id,
-                REFUND_COMMAND,
-                json!({
-                    "orderId": o.order_id,
-                    "transactionId": o.flutterwave.transaction_id,
-                    "amount": amount,
-                    "currency": o.currency,
-                }),
-            ));
+            self.refund(json!({
+                "orderId": o.order_id,
+                "transactionId": o.flutterwave.transaction_id,
+                "amount": amount,
+                "currency": o.currency,
+            }));
         }
     }
 
     /// A payment the order could not take: refunded in full, by the same
-    /// command as a cancellation's refund, in the order's sequence.
+    /// command as a cancellation's refund.
     pub fn stray_payment(&mut self, stray: &StrayPayment) {
-        self.push(NewRecord::command(
-            &self.order.order_id,
-            REFUND_COMMAND,
-            json!({
-                "orderId": self.order.order_id,
-                "transactionId": stray.transaction_id,
-                "amount": stray.amount,
-                "currency": stray.currency,
-                "stray": true,
-            }),
-        ));
+        self.refund(json!({
+            "orderId": self.order.order_id,
+            "transactionId": stray.transaction_id,
+            "amount": stray.amount,
+            "currency": stray.currency,
+            "stray": true,
+        }));
+    }
+
+    /// Refunds of an order form their own aggregate: one still settling
+    /// at Flutterwave (looked at again for as long as it takes) never
+    /// holds back the order's events, as the relay stops an aggregate at
+    /// its first undelivered record.
+    fn refund(&mut self, body: Value) {
+        let aggregate = refund_aggregate(&self.order.order_id);
+        self.push(NewRecord::command(&aggregate, REFUND_COMMAND, body));
     }
 
     pub fn extension_requested(&mut self, request: &ExtensionRequest) {

@@ -125,6 +125,10 @@ pub struct CheckoutClaim {
     pub until: DateTime<Utc>,
 }
 
+/// `pending`: owed and not yet asked for, or asked for and not settled at
+/// Flutterwave (then `flutterwaveRefundId` is set and it is looked up
+/// again until it settles); `completed`: settled, and stays so; `failed`:
+/// refused or reported failed by Flutterwave, left to an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RefundStatus {

@@ -12,6 +12,7 @@ use crate::orders::model::{Refund, RefundStatus};
 use outbox::handler::HandlerFuture;
 use outbox::{DeliveryError, Handler, OutboxRecord};
 use serde::Deserialize;
+use std::time::Duration;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -27,13 +28,16 @@ struct RefundCommand {
 pub struct RefundHandler {
     flutterwave: Flutterwave,
     orders: Orders,
+    /// How long a refund still settling at Flutterwave waits for its next look-up.
+    recheck: Duration,
 }
 
 impl RefundHandler {
-    pub fn new(flutterwave: Flutterwave, orders: Orders) -> Self {
+    pub fn new(flutterwave: Flutterwave, orders: Orders, recheck: Duration) -> Self {
         Self {
             flutterwave,
             orders,
+            recheck,
         }
     }
 
@@ -71,29 +75,34 @@ impl RefundHandler {
                 Err(e) => return Err(delivery_error(e)),
             },
         };
-        if refund.status == "pending" {
-            // Flutterwave took the refund but has not settled it: the
-            // order says so, and the next attempt's look-up finds this
-            // refund (never a second one) and records how it ended.
-            self.save(
-                &command,
-                RefundStatus::Pending,
-                Some(refund.id.to_string()),
-                attempts,
-            )
-            .await?;
-            return Err(DeliveryError::Transient(format!(
-                "refund {} is pending at Flutterwave",
-                refund.id
-            )));
+        let id = Some(refund.id.to_string());
+        match refund.status.as_str() {
+            "completed" => {
+                self.save(&command, RefundStatus::Completed, id, attempts)
+                    .await
+            }
+            // Only a fresh refund's answer can say so: the look-up skips
+            // failed ones, so a later attempt would ask for a new refund.
+            "failed" => {
+                self.save(&command, RefundStatus::Failed, id, attempts)
+                    .await?;
+                Err(DeliveryError::Permanent(format!(
+                    "Flutterwave reports refund {} failed",
+                    refund.id
+                )))
+            }
+            // Taken, not settled (pending, or a state we do not know):
+            // the order says so, and each later look-up finds this refund
+            // (so none is sent twice) until it has settled.
+            other => {
+                self.save(&command, RefundStatus::Pending, id, attempts)
+                    .await?;
+                Err(DeliveryError::NotYet {
+                    reason: format!("refund {} is {other} at Flutterwave", refund.id),
+                    retry_after: self.recheck,
+                })
+            }
         }
-        self.save(
-            &command,
-            RefundStatus::Completed,
-            Some(refund.id.to_string()),
-            attempts,
-        )
-        .await
     }
 
     /// A refund of `amount` Flutterwave already applied (or is applying)

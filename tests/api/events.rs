@@ -243,19 +243,33 @@ async fn a_refund_whose_response_was_lost_is_applied_once() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_refund_pending_at_flutterwave_stays_pending_until_it_settles() {
-    let app = spawn_app().await;
-    let id = oid();
-    let order = app.new_order(&id, "uma", "victor", 1000.0).await;
-    app.pay("uma", &order).await;
+/// An app that looks pending refunds up again every 100 ms, and a paid
+/// order whose refunds Flutterwave will report pending for `lookups`
+/// look-ups.
+async fn refunds_settling_after(lookups: u32, buyer: &str, seller: &str) -> (TestApp, Value) {
+    let app = spawn_app_with(Options {
+        extra_env: vec![("REFUND_RECHECK_MS", "100".into())],
+        ..Default::default()
+    })
+    .await;
+    let order = app.new_order(&oid(), buyer, seller, 1000.0).await;
+    app.pay(buyer, &order).await;
     app.sim.sim().set_faults(flutterwave_sim::Faults {
-        refund_pending_lookups: 3,
+        refund_pending_lookups: lookups,
         ..Default::default()
     });
-    assert_eq!(app.cancel("victor", &id).await.status, StatusCode::OK);
+    (app, order)
+}
+
+#[tokio::test]
+async fn a_refund_pending_at_flutterwave_is_looked_up_until_it_settles_and_never_sent_twice() {
+    // More look-ups than the relay's attempts (10): a look-up counted as a
+    // failed attempt would park the refund before it settles.
+    let (app, order) = refunds_settling_after(15, "uma", "victor").await;
+    let id = order["orderId"].as_str().unwrap();
+    assert_eq!(app.cancel("victor", id).await.status, StatusCode::OK);
     let taken = app
-        .order_until("uma", &id, |o| {
+        .order_until("uma", id, |o| {
             o["refund"]["flutterwaveRefundId"].is_string()
         })
         .await;
@@ -264,16 +278,49 @@ async fn a_refund_pending_at_flutterwave_stays_pending_until_it_settles() {
         "Flutterwave has not settled it yet: {taken}"
     );
     let settled = app
-        .order_until("uma", &id, |o| o["refund"]["status"] == "completed")
+        .order_until("uma", id, |o| o["refund"]["status"] == "completed")
         .await;
     assert_eq!(settled["refund"]["status"], "completed", "{settled}");
     assert_eq!(
         settled["refund"]["flutterwaveRefundId"],
         taken["refund"]["flutterwaveRefundId"]
     );
+    assert_eq!(
+        settled["refund"]["attempts"], 1,
+        "looking again is no retry"
+    );
     let refunds = app.sim.sim().refunds();
     assert_eq!(refunds.len(), 1, "looked up again, never sent twice");
     assert_eq!(refunds[0].status, "completed");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refund_still_settling_does_not_hold_back_the_orders_events() {
+    let (app, order) = refunds_settling_after(1_000, "yara", "zeno").await;
+    let tap = EventTap::start(&app).await;
+    let id = order["orderId"].as_str().unwrap();
+    // A second payment of the paid order: refunded in full, and pending.
+    let second = app.payment_for(&order);
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap();
+    assert_eq!(
+        app.verify("yara", second, tx_ref).await.status,
+        StatusCode::CONFLICT
+    );
+    let pending = app
+        .order_until("yara", id, |o| {
+            o["strayPayments"][0]["refund"]["flutterwaveRefundId"].is_string()
+        })
+        .await;
+    assert_eq!(pending["strayPayments"][0]["refund"]["status"], "pending");
+
+    assert_eq!(app.deliver("zeno", id).await.status, StatusCode::OK);
+    // Behind the refund, it would wait for the refund to settle (100 s).
+    tap.wait_until(Duration::from_secs(10), |all| {
+        all.iter().any(|m| kind(m) == "orderDelivered")
+    })
+    .await;
+    assert_eq!(app.sim.sim().refunds()[0].status, "pending");
     app.shutdown().await;
 }
 
