@@ -238,9 +238,10 @@ fn evidence(fault: Fault, before: CallCounts, after: CallCounts, resets: u64) ->
         | Fault::Flutterwave429
         | Fault::RefundResponseDropped
         | Fault::WebhookTimesTen => format!(
-            "Flutterwave calls: verify {}, by reference {}, refund {}, refund look-ups {}",
+            "Flutterwave calls: verify {}, by reference {}, lists {}, refund {}, refund look-ups {}",
             after.verify - before.verify,
             after.verify_by_reference - before.verify_by_reference,
+            after.transactions - before.transactions,
             after.refund - before.refund,
             after.refund_lookup - before.refund_lookup,
         ),

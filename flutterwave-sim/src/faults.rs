@@ -47,6 +47,8 @@ pub struct Faults {
 pub enum Operation {
     Verify,
     VerifyByReference,
+    /// `GET /v3/transactions`, the list (filtered by `tx_ref`, `status`).
+    Transactions,
     Refund,
     RefundLookup,
     Payments,
@@ -75,6 +77,7 @@ impl Ledger {
         match op {
             Operation::Verify => c.verify += 1,
             Operation::VerifyByReference => c.verify_by_reference += 1,
+            Operation::Transactions => c.transactions += 1,
             Operation::Refund => c.refund += 1,
             Operation::RefundLookup => c.refund_lookup += 1,
             Operation::Payments => c.payments += 1,

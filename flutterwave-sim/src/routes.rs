@@ -35,6 +35,10 @@ pub(crate) fn v3(app: &AppState) -> Router<AppState> {
             guarded(Operation::VerifyByReference, get(verify_by_reference)),
         )
         .route(
+            "/v3/transactions",
+            guarded(Operation::Transactions, get(list_transactions)),
+        )
+        .route(
             "/v3/transactions/{id}/verify",
             guarded(Operation::Verify, get(verify)),
         )
@@ -93,6 +97,32 @@ async fn verify_by_reference(
         Some(tx) => wire::success("Transaction fetched successfully", wire::verify_data(&tx)),
         None => wire::error(StatusCode::BAD_REQUEST, wire::NO_TRANSACTION),
     }
+}
+
+/// `GET /v3/transactions`: every transaction, oldest first, narrowed by
+/// `tx_ref` and `status` when given; one page holds them all.
+async fn list_transactions(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let tx_ref = query.get("tx_ref").filter(|s| !s.is_empty());
+    let status = query.get("status").filter(|s| !s.is_empty());
+    let data: Vec<Value> = app
+        .sim
+        .lock()
+        .transactions
+        .values()
+        .filter(|t| tx_ref.is_none_or(|r| &t.tx_ref == r))
+        .filter(|t| status.is_none_or(|s| &t.status == s))
+        .map(wire::verify_data)
+        .collect();
+    axum::Json(json!({
+        "status": "success",
+        "message": "Transactions fetched",
+        "meta": {"page_info": {"total": data.len(), "current_page": 1, "total_pages": 1}},
+        "data": data,
+    }))
+    .into_response()
 }
 
 #[derive(Default, serde::Deserialize)]

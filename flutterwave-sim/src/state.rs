@@ -121,6 +121,8 @@ pub struct PaymentLink {
 pub struct CallCounts {
     pub verify: u64,
     pub verify_by_reference: u64,
+    /// `GET /v3/transactions`.
+    pub transactions: u64,
     pub refund: u64,
     /// `GET /v3/refunds` and `GET /v3/refunds/{id}`.
     pub refund_lookup: u64,

@@ -360,6 +360,29 @@ async fn refund_applied_but_response_dropped() {
 }
 
 #[tokio::test]
+async fn the_transaction_list_gives_every_payment_of_a_reference() {
+    let h = start().await;
+    let first = paid(&h, "order-list", 100.0);
+    let second = paid(&h, "order-list", 100.0);
+    h.sim().add_transaction(NewTransaction {
+        tx_ref: "order-list".into(),
+        amount: 100.0,
+        status: "failed".into(),
+        ..Default::default()
+    });
+    paid(&h, "another-order", 100.0);
+    let (status, _, body) = get(&h, "/transactions?tx_ref=order-list").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["meta"]["page_info"]["total"], 3);
+    assert_eq!(body["data"][0]["id"], first);
+    assert_eq!(body["data"][1]["id"], second);
+    assert_eq!(body["data"][0]["tx_ref"], "order-list");
+    let (_, _, body) = get(&h, "/transactions?tx_ref=order-list&status=successful").await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(h.sim().calls().transactions, 2);
+}
+
+#[tokio::test]
 async fn a_pending_refund_settles_after_its_lookups() {
     let h = start().await;
     let id = paid(&h, "order-9p", 300.0);

@@ -57,9 +57,13 @@ impl Repository {
                 IndexModel::builder()
                     .keys(doc! { "buyerId": 1, "_id": -1 })
                     .build(),
-                // The reconciliation sweep: unpaid checkouts by age.
+                // The reconciliation sweep: unpaid checkouts by age, and
+                // paid orders by the age of their payment.
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "flutterwave.checkoutAt": 1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "flutterwave.paidAt": 1 })
                     .build(),
             ])
             .await?;

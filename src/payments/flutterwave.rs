@@ -158,6 +158,22 @@ impl Flutterwave {
         .await
     }
 
+    /// GET /transactions?tx_ref=...: every payment made with the
+    /// reference (a checkout page can be paid twice), where
+    /// `verify_by_reference` answers with one.
+    pub async fn transactions_by_reference(
+        &self,
+        tx_ref: &str,
+    ) -> Result<Vec<Transaction>, ProviderError> {
+        let url = format!("{}/transactions", self.base_url);
+        Ok(self
+            .read("transactions", || {
+                self.http.get(&url).query(&[("tx_ref", tx_ref)])
+            })
+            .await?
+            .unwrap_or_default())
+    }
+
     /// POST /transactions/{id}/refund. Not idempotent on Flutterwave's side,
     /// so never retried here: callers look refunds up before trying again.
     pub async fn refund(

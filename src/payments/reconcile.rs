@@ -2,7 +2,9 @@
 //! checkout are checked with `verify_by_reference` on a backoff schedule; a
 //! successful, matching transaction drives the same transition as PUT
 //! verify (idempotent, so whichever path comes first wins and the others
-//! change nothing). One instance checks an order at a time: the schedule in
+//! change nothing). Orders paid recently are checked too, with the list of
+//! every payment made with their reference: a checkout page paid twice
+//! leaves a payment the order cannot take, which is refunded in full. One instance checks an order at a time: the schedule in
 //! `payment_checks` is advanced atomically by whoever takes the check.
 
 use super::flutterwave::{Flutterwave, ProviderError};
@@ -43,6 +45,8 @@ pub struct ReconcileSettings {
 pub struct SweepOutcome {
     pub checked: u64,
     pub paid: u64,
+    /// Further payments of paid orders found, each now being refunded.
+    pub strays: u64,
 }
 
 #[derive(Clone)]
@@ -95,40 +99,46 @@ impl Reconciler {
 
     /// One pass over the orders due for a check.
     ///
-    /// Every unpaid checkout in the age window is a candidate; those whose
-    /// schedule says "not yet" are left out before the batch is cut, so a
-    /// crowd of recently checked orders never keeps a due one from its turn.
+    /// Every unpaid checkout in the age window is a candidate, and so is
+    /// every order paid in that window (its checkout page may have been
+    /// paid again); those whose schedule says "not yet" are left out before
+    /// the batch is cut, so a crowd of recently checked orders never keeps a
+    /// due one from its turn. Unpaid ones come first: money taken and not
+    /// yet recorded weighs more than money taken twice.
     pub async fn sweep(&self) -> Result<SweepOutcome, OrderError> {
         let now = chrono::Utc::now();
         let newest =
             now - chrono::Duration::from_std(self.settings.first_delay).unwrap_or_default();
         let oldest = now - chrono::Duration::from_std(self.settings.max_age).unwrap_or_default();
-        // Checkout times are stored as RFC 3339 text in UTC, which sorts as
-        // time does to within a second (the fraction's digits vary).
-        let text = |at: chrono::DateTime<chrono::Utc>| {
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        // Checkout and payment times are stored as RFC 3339 text in UTC,
+        // which sorts as time does to within a second (the fraction's
+        // digits vary).
+        let window = doc! {
+            "$gte": oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "$lte": newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        let candidates: Vec<String> = self
-            .orders
-            .repository()
-            .orders
-            .clone_with_type::<Document>()
-            .find(doc! {
-                // Cancelled ones too: their checkout page stays payable, and
-                // a payment made there is refunded in full.
-                "status": { "$in": ["AWAITING_PAYMENT", "CANCELLED"] },
-                "flutterwave.transactionId": null,
-                "flutterwave.checkoutAt": { "$gte": text(oldest), "$lte": text(newest) },
-            })
-            .projection(doc! { "orderId": 1 })
-            // Newest first: recent checkouts are the likeliest to be paid.
-            .sort(doc! { "flutterwave.checkoutAt": -1 })
-            .await?
-            .try_collect::<Vec<Document>>()
-            .await?
-            .iter()
-            .filter_map(|d| d.get_str("orderId").ok().map(String::from))
-            .collect();
+        let mut candidates = self
+            .candidates(
+                doc! {
+                    // Cancelled ones too: their checkout page stays payable,
+                    // and a payment made there is refunded in full.
+                    "status": { "$in": ["AWAITING_PAYMENT", "CANCELLED"] },
+                    "flutterwave.transactionId": null,
+                    "flutterwave.checkoutAt": window.clone(),
+                },
+                "flutterwave.checkoutAt",
+            )
+            .await?;
+        candidates.extend(
+            self.candidates(
+                doc! {
+                    "flutterwave.transactionId": { "$ne": null },
+                    "flutterwave.paidAt": window,
+                },
+                "flutterwave.paidAt",
+            )
+            .await?,
+        );
         let waiting = self.not_yet_due(&candidates).await?;
         let mut outcome = SweepOutcome::default();
         for order_id in candidates
@@ -140,10 +150,12 @@ impl Reconciler {
             let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
                 continue;
             };
-            if !matches!(
-                order.status,
-                OrderStatus::AwaitingPayment | OrderStatus::Cancelled
-            ) || order.flutterwave.transaction_id.is_some()
+            let paid = order.flutterwave.transaction_id.is_some();
+            if !paid
+                && !matches!(
+                    order.status,
+                    OrderStatus::AwaitingPayment | OrderStatus::Cancelled
+                )
             {
                 continue;
             }
@@ -151,28 +163,48 @@ impl Reconciler {
                 continue;
             }
             outcome.checked += 1;
-            let result = self.check(&order).await;
+            let result = if paid {
+                self.check_paid(&order).await.map(|strays| {
+                    outcome.strays += strays;
+                    if strays > 0 { "stray" } else { "pending" }
+                })
+            } else {
+                self.check(&order).await.map(|found| {
+                    outcome.paid += u64::from(found);
+                    if found { "paid" } else { "pending" }
+                })
+            };
             if let Some(metrics) = &self.metrics {
-                let label = match &result {
-                    Ok(true) => "paid",
-                    Ok(false) => "pending",
-                    Err(_) => "failed",
-                };
                 metrics
                     .families()
                     .reconcile_checks
-                    .with_label_values(&[label])
+                    .with_label_values(&[result.as_ref().map_or("failed", |label| *label)])
                     .inc();
             }
-            match result {
-                Ok(true) => outcome.paid += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(order_id = %order.order_id, error = %e, "reconciliation check failed")
-                }
+            if let Err(e) = result {
+                tracing::warn!(order_id = %order.order_id, error = %e, "reconciliation check failed");
             }
         }
         Ok(outcome)
+    }
+
+    /// The ids of the orders matching `filter`, newest `by` first (recent
+    /// ones are the likeliest to be paid).
+    async fn candidates(&self, filter: Document, by: &str) -> Result<Vec<String>, OrderError> {
+        Ok(self
+            .orders
+            .repository()
+            .orders
+            .clone_with_type::<Document>()
+            .find(filter)
+            .projection(doc! { "orderId": 1 })
+            .sort(doc! { by: -1 })
+            .await?
+            .try_collect::<Vec<Document>>()
+            .await?
+            .iter()
+            .filter_map(|d| d.get_str("orderId").ok().map(String::from))
+            .collect())
     }
 
     /// Of `orders`, those whose next check is still to come.
@@ -267,6 +299,56 @@ impl Reconciler {
             Err(OrderError::PaymentRejected(_) | OrderError::Refused(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Asks Flutterwave for every payment made with a paid order's
+    /// reference; each successful one the order has not taken or noted is
+    /// settled as a stray payment (noted and refunded in full, once).
+    /// How many were found.
+    async fn check_paid(&self, order: &Order) -> Result<u64, OrderError> {
+        let transactions = match self
+            .flutterwave
+            .transactions_by_reference(&order.flutterwave.tx_ref)
+            .await
+        {
+            Ok(transactions) => transactions,
+            Err(ProviderError::Unavailable { .. }) => return Ok(0),
+            Err(e) => return Err(OrderError::Provider(e.to_string())),
+        };
+        let actor = Actor {
+            username: order.buyer_username.clone(),
+            correlation_id: Some(format!("reconcile-{}", order.order_id)),
+            traceparent: String::new(),
+        };
+        let mut found = 0;
+        for transaction in transactions.iter().filter(|t| t.status == "successful") {
+            let id = transaction.id.to_string();
+            let known = |o: &Order| {
+                o.paid_with(&id) || o.stray_payments.iter().any(|s| s.transaction_id == id)
+            };
+            if known(order) {
+                continue;
+            }
+            // Fresh for each: settling the one before changed the order.
+            let Some(current) = self
+                .orders
+                .repository()
+                .by_order_id(&order.order_id)
+                .await?
+            else {
+                return Ok(found);
+            };
+            if known(&current) {
+                continue;
+            }
+            match settle(&self.orders, &actor, &current, transaction).await {
+                Ok(Settled::Refunding(_)) => found += 1,
+                Ok(Settled::Paid(_)) => {}
+                Err(OrderError::PaymentRejected(_) | OrderError::Refused(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -194,7 +194,7 @@ impl Metrics {
             reconcile_checks: counter(
                 &r,
                 "payment_reconcile_checks_total",
-                "Reconciliation checks by outcome (pending, paid)",
+                "Reconciliation checks by outcome (paid, pending, stray, failed)",
                 &["outcome"],
             ),
             dependency_up,
@@ -203,7 +203,7 @@ impl Metrics {
         // Series with known labels start at zero, so dashboards and alerts
         // see them before the first event rather than "no data".
         for destination in ["amqp", "socket", "command"] {
-            for outcome in ["delivered", "failed", "parked"] {
+            for outcome in ["delivered", "failed", "deferred", "parked"] {
                 families
                     .outbox_deliveries
                     .with_label_values(&[destination, outcome]);
@@ -215,6 +215,7 @@ impl Metrics {
         for operation in [
             "verify",
             "verify_by_reference",
+            "transactions",
             "refund",
             "refund_lookup",
             "payments",
@@ -240,7 +241,7 @@ impl Metrics {
         for consumer in ["order-review", "flutterwave-webhook"] {
             families.inbox_duplicates.with_label_values(&[consumer]);
         }
-        for outcome in ["paid", "pending", "failed"] {
+        for outcome in ["paid", "pending", "stray", "failed"] {
             families.reconcile_checks.with_label_values(&[outcome]);
         }
         families

@@ -273,3 +273,51 @@ async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_sweep_refunds_a_second_payment_of_a_paid_order_when_both_webhooks_were_lost() {
+    let app = spawn_app_with(sweeping()).await;
+    let id = oid();
+    let order = app.new_order(&id, "ivy", "jon", 300.0).await;
+    assert_eq!(checkout(&app, "ivy", &id).await.status, StatusCode::OK);
+    pay_losing_the_webhook(&app, &order).await;
+    let paid = app
+        .order_until("ivy", &id, |o| o["status"] == "PROCESSING")
+        .await;
+    let first = paid["flutterwave"]["transactionId"].clone();
+    assert!(
+        first.is_string(),
+        "the sweep found the first payment: {paid}"
+    );
+    // The page, still open, is paid again; that webhook is lost too, and
+    // no verify comes: only the sweep can see it.
+    pay_losing_the_webhook(&app, &order).await;
+    let stored = app
+        .order_until("ivy", &id, |o| {
+            o["strayPayments"][0]["refund"]["status"] == "completed"
+        })
+        .await;
+    assert_eq!(
+        stored["strayPayments"][0]["refund"]["status"], "completed",
+        "{stored}"
+    );
+    assert_eq!(stored["status"], "PROCESSING");
+    assert_eq!(
+        stored["flutterwave"]["transactionId"], first,
+        "the first kept"
+    );
+    let refunds = app.sim.sim().refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(
+        refunds[0].tx_id.to_string(),
+        stored["strayPayments"][0]["transactionId"]
+            .as_str()
+            .unwrap()
+    );
+    assert_eq!(
+        refunds[0].amount_refunded,
+        300.0 + order["serviceFee"].as_f64().unwrap()
+    );
+    assert!(app.sim.sim().calls().transactions >= 1);
+    app.shutdown().await;
+}
