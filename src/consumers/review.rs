@@ -156,8 +156,8 @@ impl ReviewConsumer {
                     }
                     return Disposition::Done;
                 }
-                Err(e) if database_unavailable(&e) => {
-                    tracing::warn!(message_id = %key, error = %e, "database unavailable; holding the review");
+                Err(e) if worth_holding(&e) => {
+                    tracing::warn!(message_id = %key, error = %e, "database unavailable or busy; holding the review");
                     if !channel.status().connected() {
                         return Disposition::Release;
                     }
@@ -309,17 +309,25 @@ fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
 
 /// Errors that say "the database cannot be reached", as opposed to "this
 /// message cannot be applied now": they are not held against the message.
-fn database_unavailable(error: &OrderError) -> bool {
+/// The database is unreachable, or busy with a conflicting writer: not
+/// the review's fault, so it is held and tried again in place, never
+/// counted towards dead-lettering. A conflict can last: an instance that
+/// died inside a transaction leaves it open, holding its documents, until
+/// the server reaps it (60 s on MongoDB and SecantusDB), longer than the
+/// retry queue's budget.
+fn worth_holding(error: &OrderError) -> bool {
     let driver = match error {
+        OrderError::VersionConflict => return true,
         OrderError::Database(e) | OrderError::Outbox(outbox::Error::Mongo(e)) => e,
         _ => return false,
     };
-    matches!(
-        driver.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-    )
+    outbox::transaction::is_transient(driver)
+        || matches!(
+            driver.kind.as_ref(),
+            ErrorKind::ServerSelection { .. }
+                | ErrorKind::Io(_)
+                | ErrorKind::ConnectionPoolCleared { .. }
+        )
 }
 
 #[cfg(test)]
@@ -327,12 +335,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_unreachable_database_is_held_rather_than_retried() {
+    fn an_unreachable_or_busy_database_holds_the_review_and_anything_else_retries_it() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let unreachable = OrderError::Database(mongodb::error::Error::from(io));
-        assert!(database_unavailable(&unreachable));
-        assert!(!database_unavailable(&OrderError::NotFound));
-        assert!(!database_unavailable(&OrderError::VersionConflict));
-        assert!(!database_unavailable(&OrderError::Decode("bad".into())));
+        assert!(worth_holding(&unreachable));
+        let conflict: mongodb::error::CommandError = bson::from_document(bson::doc! {
+            "code": 112, "codeName": "WriteConflict", "errmsg": "conflicted",
+        })
+        .expect("command error");
+        let conflict = mongodb::error::Error::from(ErrorKind::Command(conflict));
+        assert!(worth_holding(&OrderError::Outbox(outbox::Error::Mongo(
+            conflict
+        ))));
+        assert!(worth_holding(&OrderError::VersionConflict));
+        assert!(!worth_holding(&OrderError::NotFound));
+        assert!(!worth_holding(&OrderError::Decode("bad".into())));
     }
 }
