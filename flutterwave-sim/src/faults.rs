@@ -37,6 +37,9 @@ pub struct Faults {
     /// `completed` once they have been looked up this many times (as a
     /// bank-routed refund settles later). Ignores `only`.
     pub refund_pending_lookups: u32,
+    /// Refunds held pending by `refund_pending_lookups` end `failed`
+    /// instead of `completed` (the bank refused them).
+    pub refund_pending_then_fails: bool,
     /// Restrict the other faults to one operation.
     pub only: Option<Operation>,
 }

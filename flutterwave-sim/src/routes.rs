@@ -166,16 +166,7 @@ async fn refund(State(app): State<AppState>, Path(id): Path<String>, body: Bytes
 
 async fn get_refund(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     let id: Option<u64> = id.parse().ok();
-    let refund = app
-        .sim
-        .lock()
-        .refunds
-        .iter_mut()
-        .find(|r| Some(r.id) == id)
-        .map(|r| {
-            r.looked_up();
-            r.clone()
-        });
+    let refund = app.sim.lock().look_up_refunds(|r| Some(r.id) == id).pop();
     match refund {
         Some(r) => wire::success("Refund fetched", wire::refund_data(&r)),
         None => wire::error(StatusCode::BAD_REQUEST, "No refund was found for this id"),
@@ -197,14 +188,11 @@ async fn list_refunds(
     let data: Vec<Value> = app
         .sim
         .lock()
-        .refunds
-        .iter_mut()
-        .filter(|r| tx_id.is_none_or(|id| r.tx_id == id))
-        .filter(|r| flw_ref.is_none_or(|f| &r.flw_ref == f))
-        .map(|r| {
-            r.looked_up();
-            wire::refund_data(r)
+        .look_up_refunds(|r| {
+            tx_id.is_none_or(|id| r.tx_id == id) && flw_ref.is_none_or(|f| &r.flw_ref == f)
         })
+        .iter()
+        .map(wire::refund_data)
         .collect();
     axum::Json(json!({
         "status": "success",

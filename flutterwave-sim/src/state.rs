@@ -84,19 +84,24 @@ pub struct Refund {
     pub destination: String,
     pub comments: Option<String>,
     pub created_at: DateTime<Utc>,
-    /// Look-ups left before a `pending` refund turns `completed`.
+    /// Look-ups left before a `pending` refund settles.
     pub pending_lookups: u32,
+    /// What a pending refund settles as: `completed`, or `failed`.
+    pub settles_as: String,
 }
 
 impl Refund {
     /// A look-up of this refund: a pending one settles after its last.
-    pub(crate) fn looked_up(&mut self) {
+    /// Whether it failed just now.
+    fn looked_up(&mut self) -> bool {
         if self.status == "pending" {
             self.pending_lookups = self.pending_lookups.saturating_sub(1);
             if self.pending_lookups == 0 {
-                self.status = "completed".into();
+                self.status = self.settles_as.clone();
+                return self.status == "failed";
             }
         }
+        false
     }
 }
 
@@ -236,6 +241,21 @@ impl State {
 
     /// Flutterwave answers a reference lookup with the payment that counts: the latest
     /// successful one, falling back to the latest attempt.
+    /// The refunds `wanted` picks, each counted as looked up; a pending one
+    /// that fails gives its amount back to the transaction's balance.
+    pub(crate) fn look_up_refunds(&mut self, wanted: impl Fn(&Refund) -> bool) -> Vec<Refund> {
+        let mut found = Vec::new();
+        for refund in self.refunds.iter_mut().filter(|r| wanted(r)) {
+            if refund.looked_up()
+                && let Some(tx) = self.transactions.get_mut(&refund.tx_id)
+            {
+                tx.amount_refunded = round2(tx.amount_refunded - refund.amount_refunded);
+            }
+            found.push(refund.clone());
+        }
+        found
+    }
+
     pub(crate) fn by_reference(&self, tx_ref: &str) -> Option<&Transaction> {
         let mut matching = self
             .transactions
@@ -304,6 +324,12 @@ impl State {
             comments,
             created_at: now,
             pending_lookups,
+            settles_as: if self.faults.refund_pending_then_fails {
+                "failed"
+            } else {
+                "completed"
+            }
+            .into(),
         };
         self.refunds.push(refund.clone());
 

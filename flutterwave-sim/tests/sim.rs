@@ -403,6 +403,25 @@ async fn a_pending_refund_settles_after_its_lookups() {
 }
 
 #[tokio::test]
+async fn a_pending_refund_that_fails_gives_its_amount_back() {
+    let h = start().await;
+    let id = paid(&h, "order-9f", 300.0);
+    h.sim().set_faults(Faults {
+        refund_pending_lookups: 1,
+        refund_pending_then_fails: true,
+        ..Default::default()
+    });
+    let (_, _, body) = post(&h, &format!("/transactions/{id}/refund"), json!({})).await;
+    assert_eq!(body["data"]["status"], "pending");
+    let (_, _, body) = get(&h, &format!("/refunds?tx_id={id}")).await;
+    assert_eq!(body["data"][0]["status"], "failed");
+    h.sim().set_faults(Faults::default());
+    let (status, _, body) = post(&h, &format!("/transactions/{id}/refund"), json!({})).await;
+    assert_eq!(status, 200, "the whole amount is refundable again: {body}");
+    assert_eq!(body["data"]["amount_refunded"], 300);
+}
+
+#[tokio::test]
 async fn hang_and_latency() {
     let h = start().await;
     let id = paid(&h, "order-10", 100.0);

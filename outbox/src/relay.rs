@@ -728,12 +728,8 @@ impl Relay {
                 self.observe(record, Delivery::Failed(error));
                 return Ok(false);
             }
-            // Neither is held against the record: no attempt is counted.
+            // Not held against the record: no attempt is counted.
             DeliveryError::Unavailable {
-                reason,
-                retry_after,
-            }
-            | DeliveryError::NotYet {
                 reason,
                 retry_after,
             } => {
@@ -741,6 +737,20 @@ impl Relay {
                     DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
                 (
                     doc! { "$set": { "nextAttemptAt": next, "lastError": reason } },
+                    false,
+                )
+            }
+            // Progress, not failure: the effect exists. The failures before
+            // it are forgiven, so that over days of looking the odd timeout
+            // never adds up to parking.
+            DeliveryError::NotYet {
+                reason,
+                retry_after,
+            } => {
+                let next =
+                    DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
+                (
+                    doc! { "$set": { "attempts": 0, "nextAttemptAt": next, "lastError": reason } },
                     false,
                 )
             }

@@ -12,9 +12,11 @@ pub const ORDER_EMAIL: &str = "order-email";
 /// Outbox command that refunds a cancelled paid order through Flutterwave.
 pub const REFUND_COMMAND: &str = "flutterwave.refund";
 
-/// The outbox aggregate of an order's refunds.
-pub fn refund_aggregate(order_id: &str) -> String {
-    format!("refund:{order_id}")
+/// The outbox aggregate of the refund of one payment of an order: one
+/// still settling holds back neither the order's events nor the refund of
+/// another payment.
+pub fn refund_aggregate(order_id: &str, transaction_id: &str) -> String {
+    format!("refund:{order_id}:{transaction_id}")
 }
 
 /// Exchange names, with the deployment's prefix.
@@ -162,12 +164,13 @@ impl<'a> Emitter<'a> {
         }));
     }
 
-    /// Refunds of an order form their own aggregate: one still settling
-    /// at Flutterwave (looked at again for as long as it takes) never
-    /// holds back the order's events, as the relay stops an aggregate at
-    /// its first undelivered record.
+    /// Each refund forms its own aggregate: one still settling at
+    /// Flutterwave (looked at again for as long as it takes) holds nothing
+    /// else back, as the relay stops an aggregate at its first undelivered
+    /// record.
     fn refund(&mut self, body: Value) {
-        let aggregate = refund_aggregate(&self.order.order_id);
+        let transaction = body["transactionId"].as_str().unwrap_or_default();
+        let aggregate = refund_aggregate(&self.order.order_id, transaction);
         self.push(NewRecord::command(&aggregate, REFUND_COMMAND, body));
     }
 

@@ -50,8 +50,24 @@ impl RefundHandler {
             ));
         };
         let attempts = record.attempts + 1;
-        let refund = match self.applied(transaction_id, command.amount).await? {
-            Some(existing) => existing,
+        let refunds = self.refunds_of(transaction_id).await?;
+        // Taken and pending when last looked at, failed since: that ends
+        // here, for an operator. A replay finds it recorded failed and
+        // asks for a new refund.
+        if let Some(failed) = self.failed_since(&command, &refunds).await? {
+            self.save(
+                &command,
+                RefundStatus::Failed,
+                Some(failed.clone()),
+                attempts,
+            )
+            .await?;
+            return Err(DeliveryError::Permanent(format!(
+                "Flutterwave reports refund {failed} failed"
+            )));
+        }
+        let refund = match applied(&refunds, command.amount) {
+            Some(existing) => existing.clone(),
             None => match self
                 .flutterwave
                 .refund(transaction_id, command.amount, reason(&command))
@@ -61,8 +77,9 @@ impl RefundHandler {
                 // An earlier attempt, stopped while Flutterwave was slow,
                 // may have landed since the look-up: then that is why.
                 Err(ProviderError::Rejected(reason)) => {
-                    match self.applied(transaction_id, command.amount).await? {
-                        Some(existing) => existing,
+                    let again = self.refunds_of(transaction_id).await?;
+                    match applied(&again, command.amount) {
+                        Some(existing) => existing.clone(),
                         None => {
                             self.save(&command, RefundStatus::Failed, None, attempts)
                                 .await?;
@@ -81,8 +98,7 @@ impl RefundHandler {
                 self.save(&command, RefundStatus::Completed, id, attempts)
                     .await
             }
-            // Only a fresh refund's answer can say so: the look-up skips
-            // failed ones, so a later attempt would ask for a new refund.
+            // A fresh refund's answer (the look-up skips failed ones).
             "failed" => {
                 self.save(&command, RefundStatus::Failed, id, attempts)
                     .await?;
@@ -105,13 +121,8 @@ impl RefundHandler {
         }
     }
 
-    /// A refund of `amount` Flutterwave already applied (or is applying)
-    /// to the transaction, if any.
-    async fn applied(
-        &self,
-        transaction_id: &str,
-        amount: f64,
-    ) -> Result<Option<RefundRecord>, DeliveryError> {
+    /// The refunds Flutterwave holds for the transaction, in any state.
+    async fn refunds_of(&self, transaction_id: &str) -> Result<Vec<RefundRecord>, DeliveryError> {
         Ok(self
             .flutterwave
             .refunds_for(transaction_id)
@@ -121,7 +132,41 @@ impl RefundHandler {
             // The list is asked for by transaction; an answer about another
             // one must not count as this one's refund.
             .filter(|r| r.tx_id.is_none_or(|id| id.to_string() == transaction_id))
-            .find(|r| r.status != "failed" && (r.amount_refunded - amount).abs() < 0.005))
+            .collect())
+    }
+
+    /// The id of the refund this command recorded as pending, if
+    /// Flutterwave now reports it failed.
+    async fn failed_since(
+        &self,
+        command: &RefundCommand,
+        refunds: &[RefundRecord],
+    ) -> Result<Option<String>, DeliveryError> {
+        let order = self
+            .orders
+            .repository()
+            .by_order_id(&command.order_id)
+            .await
+            .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+        let stored = order.and_then(|order| {
+            if command.stray {
+                order
+                    .stray_payments
+                    .into_iter()
+                    .find(|s| Some(&s.transaction_id) == command.transaction_id.as_ref())
+                    .map(|s| s.refund)
+            } else {
+                order.refund
+            }
+        });
+        Ok(stored
+            .filter(|r| r.status == RefundStatus::Pending)
+            .and_then(|r| r.flutterwave_refund_id)
+            .filter(|id| {
+                refunds
+                    .iter()
+                    .any(|r| &r.id.to_string() == id && r.status == "failed")
+            }))
     }
 
     async fn save(
@@ -147,6 +192,14 @@ impl RefundHandler {
             .map(|_| ())
             .map_err(|e| DeliveryError::Transient(e.to_string()))
     }
+}
+
+/// A refund of `amount` Flutterwave applied or is applying, if any; a
+/// failed one took nothing back and does not count.
+fn applied(refunds: &[RefundRecord], amount: f64) -> Option<&RefundRecord> {
+    refunds
+        .iter()
+        .find(|r| r.status != "failed" && (r.amount_refunded - amount).abs() < 0.005)
 }
 
 fn reason(command: &RefundCommand) -> &'static str {

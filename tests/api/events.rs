@@ -245,8 +245,24 @@ async fn a_refund_whose_response_was_lost_is_applied_once() {
 
 /// An app that looks pending refunds up again every 100 ms, and a paid
 /// order whose refunds Flutterwave will report pending for `lookups`
-/// look-ups.
+/// look-ups, then completed.
 async fn refunds_settling_after(lookups: u32, buyer: &str, seller: &str) -> (TestApp, Value) {
+    refunds_held_pending(
+        flutterwave_sim::Faults {
+            refund_pending_lookups: lookups,
+            ..Default::default()
+        },
+        buyer,
+        seller,
+    )
+    .await
+}
+
+async fn refunds_held_pending(
+    faults: flutterwave_sim::Faults,
+    buyer: &str,
+    seller: &str,
+) -> (TestApp, Value) {
     let app = spawn_app_with(Options {
         extra_env: vec![("REFUND_RECHECK_MS", "100".into())],
         ..Default::default()
@@ -254,11 +270,47 @@ async fn refunds_settling_after(lookups: u32, buyer: &str, seller: &str) -> (Tes
     .await;
     let order = app.new_order(&oid(), buyer, seller, 1000.0).await;
     app.pay(buyer, &order).await;
-    app.sim.sim().set_faults(flutterwave_sim::Faults {
-        refund_pending_lookups: lookups,
-        ..Default::default()
-    });
+    app.sim.sim().set_faults(faults);
     (app, order)
+}
+
+#[tokio::test]
+async fn a_refund_that_fails_after_being_pending_is_recorded_failed_and_not_sent_again() {
+    let (app, order) = refunds_held_pending(
+        flutterwave_sim::Faults {
+            refund_pending_lookups: 3,
+            refund_pending_then_fails: true,
+            ..Default::default()
+        },
+        "uma",
+        "victor",
+    )
+    .await;
+    let id = order["orderId"].as_str().unwrap();
+    assert_eq!(app.cancel("victor", id).await.status, StatusCode::OK);
+    let failed = app
+        .order_until("uma", id, |o| o["refund"]["status"] == "failed")
+        .await;
+    assert_eq!(failed["refund"]["status"], "failed", "{failed}");
+    let refunds = app.sim.sim().refunds();
+    assert_eq!(refunds.len(), 1, "no second refund asked for: {refunds:?}");
+    assert_eq!(refunds[0].status, "failed");
+    assert_eq!(
+        failed["refund"]["flutterwaveRefundId"],
+        refunds[0].id.to_string()
+    );
+    // Parked for an operator, not looked at again for ever.
+    let parked = app
+        .state
+        .outbox
+        .parked(10)
+        .await
+        .expect("parked")
+        .into_iter()
+        .filter(|r| r.aggregate_id.starts_with(&format!("refund:{id}")))
+        .count();
+    assert_eq!(parked, 1);
+    app.shutdown().await;
 }
 
 #[tokio::test]
