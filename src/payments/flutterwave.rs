@@ -158,9 +158,10 @@ impl Flutterwave {
         .await
     }
 
-    /// GET /transactions?tx_ref=...: every payment made with the
-    /// reference (a checkout page can be paid twice), where
-    /// `verify_by_reference` answers with one.
+    /// GET /transactions?tx_ref=...&status=successful: every payment made
+    /// with the reference (a checkout page can be paid twice), where
+    /// `verify_by_reference` answers with one. Only the first page is
+    /// read: one reference has a handful of successful payments at most.
     pub async fn transactions_by_reference(
         &self,
         tx_ref: &str,
@@ -168,7 +169,9 @@ impl Flutterwave {
         let url = format!("{}/transactions", self.base_url);
         Ok(self
             .read("transactions", || {
-                self.http.get(&url).query(&[("tx_ref", tx_ref)])
+                self.http
+                    .get(&url)
+                    .query(&[("tx_ref", tx_ref), ("status", "successful")])
             })
             .await?
             .unwrap_or_default())

@@ -117,7 +117,9 @@ impl Reconciler {
             "$gte": oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "$lte": newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        let mut candidates = self
+        // Each phase has its own schedule: a paid order's is counted from
+        // its payment, not from the checks it had while unpaid.
+        let mut candidates: Vec<(String, String)> = self
             .candidates(
                 doc! {
                     // Cancelled ones too: their checkout page stays payable,
@@ -128,7 +130,10 @@ impl Reconciler {
                 },
                 "flutterwave.checkoutAt",
             )
-            .await?;
+            .await?
+            .into_iter()
+            .map(|id| (id.clone(), id))
+            .collect();
         candidates.extend(
             self.candidates(
                 doc! {
@@ -137,29 +142,34 @@ impl Reconciler {
                 },
                 "flutterwave.paidAt",
             )
-            .await?,
+            .await?
+            .into_iter()
+            .map(|id| (id.clone(), format!("paid:{id}"))),
         );
-        let waiting = self.not_yet_due(&candidates).await?;
+        let keys: Vec<String> = candidates.iter().map(|(_, key)| key.clone()).collect();
+        let waiting = self.not_yet_due(&keys).await?;
         let mut outcome = SweepOutcome::default();
-        for order_id in candidates
+        for (order_id, key) in candidates
             .iter()
-            .filter(|id| !waiting.contains(*id))
+            .filter(|(_, key)| !waiting.contains(key))
             .take(self.settings.batch)
         {
             // Read just before its check: the checks before it take time.
             let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
                 continue;
             };
+            // Paid since it was listed unpaid: the paid phase's turn comes.
             let paid = order.flutterwave.transaction_id.is_some();
-            if !paid
-                && !matches!(
-                    order.status,
-                    OrderStatus::AwaitingPayment | OrderStatus::Cancelled
-                )
+            if paid != key.starts_with("paid:")
+                || !paid
+                    && !matches!(
+                        order.status,
+                        OrderStatus::AwaitingPayment | OrderStatus::Cancelled
+                    )
             {
                 continue;
             }
-            if !self.take_check(&order).await? {
+            if !self.take_check(key).await? {
                 continue;
             }
             outcome.checked += 1;
@@ -207,11 +217,11 @@ impl Reconciler {
             .collect())
     }
 
-    /// Of `orders`, those whose next check is still to come.
-    async fn not_yet_due(&self, orders: &[String]) -> Result<HashSet<String>, OrderError> {
+    /// Of the schedules `keys`, those whose next check is still to come.
+    async fn not_yet_due(&self, keys: &[String]) -> Result<HashSet<String>, OrderError> {
         let now = bson::DateTime::now();
         let mut waiting = HashSet::new();
-        for chunk in orders.chunks(IN_CHUNK) {
+        for chunk in keys.chunks(IN_CHUNK) {
             let schedules: Vec<Document> = self
                 .checks
                 .find(doc! { "_id": { "$in": chunk }, "nextCheckAt": { "$gt": now } })
@@ -230,7 +240,7 @@ impl Reconciler {
 
     /// Advances the order's schedule if a check is due; true when this
     /// instance took it. The first sighting creates the schedule.
-    async fn take_check(&self, order: &Order) -> Result<bool, OrderError> {
+    async fn take_check(&self, key: &str) -> Result<bool, OrderError> {
         let now = bson::DateTime::now();
         let taken = self
             .checks
@@ -238,7 +248,7 @@ impl Reconciler {
                 // A schedule left without `nextCheckAt` (its creator died
                 // between the two writes) counts as due, as `not_yet_due` has it.
                 doc! {
-                    "_id": &order.order_id,
+                    "_id": key,
                     "$or": [
                         { "nextCheckAt": { "$lte": now } },
                         { "nextCheckAt": { "$exists": false } },
@@ -265,7 +275,7 @@ impl Reconciler {
         );
         self.checks
             .update_one(
-                doc! { "_id": &order.order_id },
+                doc! { "_id": key },
                 doc! { "$set": { "nextCheckAt": next } },
             )
             .await?;

@@ -276,7 +276,12 @@ async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
 
 #[tokio::test]
 async fn the_sweep_refunds_a_second_payment_of_a_paid_order_when_both_webhooks_were_lost() {
-    let app = spawn_app_with(sweeping()).await;
+    let mut options = sweeping();
+    // However many checks come before the second payment, the next is near.
+    options
+        .extra_env
+        .push(("RECONCILE_MAX_DELAY_SECS", "1".into()));
+    let app = spawn_app_with(options).await;
     let id = oid();
     let order = app.new_order(&id, "ivy", "jon", 300.0).await;
     assert_eq!(checkout(&app, "ivy", &id).await.status, StatusCode::OK);
