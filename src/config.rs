@@ -370,7 +370,7 @@ impl Config {
             outbox_max_attempts: vars.parse("OUTBOX_MAX_ATTEMPTS", 10)?,
             outbox_lease: Duration::from_secs(vars.parse("OUTBOX_LEASE_SECS", 30)?),
             outbox_poll_interval: Duration::from_millis(vars.parse("OUTBOX_POLL_MS", 500)?),
-            outbox_scan_limit: vars.count("OUTBOX_SCAN_LIMIT", 500)?,
+            outbox_scan_limit: vars.count("OUTBOX_SCAN_LIMIT", 2000)?,
             outbox_concurrency: vars.count("OUTBOX_CONCURRENCY", 32)?,
             outbox_per_aggregate: vars.count("OUTBOX_PER_AGGREGATE", 100)?,
             outbox_retention: Duration::from_secs(
@@ -636,10 +636,10 @@ mod tests {
                 defaults.outbox_concurrency,
                 defaults.outbox_per_aggregate
             ),
-            (500, 32, 100)
+            (2000, 32, 100)
         );
         let set = config(&[
-            ("OUTBOX_SCAN_LIMIT", "2000"),
+            ("OUTBOX_SCAN_LIMIT", "500"),
             ("OUTBOX_CONCURRENCY", "64"),
             ("OUTBOX_PER_AGGREGATE", "10"),
         ])
@@ -650,7 +650,7 @@ mod tests {
                 set.outbox_concurrency,
                 set.outbox_per_aggregate
             ),
-            (2000, 64, 10)
+            (500, 64, 10)
         );
         for variable in [
             "OUTBOX_SCAN_LIMIT",

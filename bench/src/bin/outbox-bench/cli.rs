@@ -21,7 +21,7 @@ usage: outbox-bench [flags]
   --http-concurrency N     concurrent HTTP clients (default 16)
   --outage-seconds S       how long the broker is cut off in the outage phase (default 3)
   --outage-run S           length of the outage phase (default 12)
-  --scan-limit N           relay: due records per round (default: the service's, 500)
+  --scan-limit N           relay: due records per round (default: the service's, 2000)
   --relay-concurrency N    relay: aggregates at once (default: the service's, 32)
   --per-aggregate N        relay: records per aggregate per lease (default: the service's, 100)
   --only LIST              comma-separated phases: tx,broker,floor,log,e2e,latency,drain,http,
