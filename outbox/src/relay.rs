@@ -22,7 +22,7 @@ use crate::handler::{DeliveryError, Handler};
 use crate::lease::{IN_CHUNK, Leases};
 use crate::publisher;
 use crate::record::{Destination, OutboxRecord};
-use crate::store::Outbox;
+use crate::store::{DEFERRED, Outbox};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bson::{DateTime, Document, doc};
 use futures::future::try_join_all;
@@ -740,7 +740,10 @@ impl Relay {
                 let next =
                     DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
                 (
-                    doc! { "$set": { "nextAttemptAt": next, "lastError": reason } },
+                    doc! {
+                        "$set": { "nextAttemptAt": next, "lastError": reason },
+                        "$unset": { DEFERRED: "" },
+                    },
                     false,
                 )
             }
@@ -754,7 +757,14 @@ impl Relay {
                 let next =
                     DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
                 (
-                    doc! { "$set": { "attempts": 0, "nextAttemptAt": next, "lastError": reason } },
+                    doc! {
+                        "$set": {
+                            "attempts": 0,
+                            "nextAttemptAt": next,
+                            "lastError": reason,
+                            DEFERRED: true,
+                        },
+                    },
                     false,
                 )
             }
@@ -768,7 +778,10 @@ impl Relay {
                     let next =
                         DateTime::from_millis(now.timestamp_millis() + delay.as_millis() as i64);
                     (
-                        doc! { "$set": { "attempts": attempts, "nextAttemptAt": next, "lastError": reason } },
+                        doc! {
+                            "$set": { "attempts": attempts, "nextAttemptAt": next, "lastError": reason },
+                            "$unset": { DEFERRED: "" },
+                        },
                         false,
                     )
                 }
@@ -821,7 +834,10 @@ fn handler_deadline(lease: Duration) -> Duration {
 }
 
 fn park(now: DateTime, reason: &str, attempts: i32) -> Document {
-    doc! { "$set": { "status": "parked", "parkedAt": now, "attempts": attempts, "lastError": reason } }
+    doc! {
+        "$set": { "status": "parked", "parkedAt": now, "attempts": attempts, "lastError": reason },
+        "$unset": { DEFERRED: "" },
+    }
 }
 
 /// A round's work: aggregates with a record due, oldest due first.

@@ -12,6 +12,11 @@ use mongodb::{ClientSession, Collection, Database, IndexModel};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Set on a pending record while it waits on purpose (`DeliveryError::NotYet`),
+/// cleared by any failure; [`Outbox::stats`] leaves such records out of the
+/// oldest pending age.
+pub const DEFERRED: &str = "deferred";
+
 /// Server code for "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;
 
@@ -262,9 +267,11 @@ impl Outbox {
             .records
             .count_documents(doc! { "status": "parked" })
             .await?;
+        // A record waiting on purpose (`NotYet`) is not late: left out, so
+        // that a refund settling for days does not read as a stuck outbox.
         let oldest = self
             .records
-            .find_one(doc! { "status": "pending" })
+            .find_one(doc! { "status": "pending", DEFERRED: { "$ne": true } })
             .sort(doc! { "status": 1, "nextAttemptAt": 1 })
             .await?;
         let oldest_pending_age = oldest

@@ -396,6 +396,15 @@ async fn a_command_not_settled_yet_is_looked_at_again_later_without_counting_an_
         ..test_relay(&env)
     };
     let relay = Relay::new(env.outbox.clone(), config).with_handler("settle", settling.clone());
+    relay.run_once().await.expect("first look");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let waiting = env.outbox.stats().await.expect("stats");
+    assert_eq!(waiting.pending, 1);
+    assert_eq!(
+        waiting.oldest_pending_age,
+        Duration::ZERO,
+        "waiting on purpose is not late"
+    );
     // A drain stops once nothing is due; the next look is due later.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while env.outbox.stats().await.expect("stats").pending > 0 {
