@@ -116,13 +116,7 @@ async fn list_transactions(
         .filter(|t| status.is_none_or(|s| &t.status == s))
         .map(wire::verify_data)
         .collect();
-    axum::Json(json!({
-        "status": "success",
-        "message": "Transactions fetched",
-        "meta": {"page_info": {"total": data.len(), "current_page": 1, "total_pages": 1}},
-        "data": data,
-    }))
-    .into_response()
+    wire::page("Transactions fetched", data)
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -194,13 +188,7 @@ async fn list_refunds(
         .iter()
         .map(wire::refund_data)
         .collect();
-    axum::Json(json!({
-        "status": "success",
-        "message": "Refunds fetched",
-        "meta": {"page_info": {"total": data.len(), "current_page": 1, "total_pages": 1}},
-        "data": data,
-    }))
-    .into_response()
+    wire::page("Refunds fetched", data)
 }
 
 fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {

@@ -43,6 +43,17 @@ pub(crate) fn success(message: &str, data: Value) -> Response {
     Json(json!({"status": "success", "message": message, "data": data})).into_response()
 }
 
+/// A list answer: everything on one page.
+pub(crate) fn page(message: &str, data: Vec<Value>) -> Response {
+    Json(json!({
+        "status": "success",
+        "message": message,
+        "meta": {"page_info": {"total": data.len(), "current_page": 1, "total_pages": 1}},
+        "data": data,
+    }))
+    .into_response()
+}
+
 fn processor_response(status: &str) -> &'static str {
     match status {
         "successful" => "Approved",

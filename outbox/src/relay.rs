@@ -124,8 +124,10 @@ pub enum Delivery<'a> {
     Delivered {
         latency: Duration,
     },
-    /// Not delivered this time, and to be tried again (for `NotYet`: looked at again).
+    /// Not delivered this time, and to be tried again.
     Failed(&'a DeliveryError),
+    /// Not settled yet (`DeliveryError::NotYet`): to be looked at again.
+    Deferred(&'a DeliveryError),
     Parked(&'a DeliveryError),
 }
 
@@ -723,6 +725,9 @@ impl Relay {
     /// Writes the failure down; returns whether the record is now parked.
     async fn record_failure(&self, record: &OutboxRecord, error: &DeliveryError) -> Result<bool> {
         let now = DateTime::now();
+        let after = |delay: Duration| {
+            DateTime::from_millis(now.timestamp_millis() + delay.as_millis() as i64)
+        };
         let (update, parked) = match error {
             // Broker-wide outages are not written per record: the next
             // round finds the same records due and the loop backs off.
@@ -736,50 +741,43 @@ impl Relay {
             DeliveryError::Unavailable {
                 reason,
                 retry_after,
-            } => {
-                let next =
-                    DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
-                (
-                    doc! {
-                        "$set": { "nextAttemptAt": next, "lastError": reason },
-                        "$unset": { DEFERRED: "" },
-                    },
-                    false,
-                )
-            }
+            } => (
+                doc! {
+                    "$set": { "nextAttemptAt": after(*retry_after), "lastError": reason },
+                    "$unset": { DEFERRED: "" },
+                },
+                false,
+            ),
             // Progress, not failure: the effect exists. The failures before
             // it are forgiven, so that over days of looking the odd timeout
             // never adds up to parking.
             DeliveryError::NotYet {
                 reason,
                 retry_after,
-            } => {
-                let next =
-                    DateTime::from_millis(now.timestamp_millis() + retry_after.as_millis() as i64);
-                (
-                    doc! {
-                        "$set": {
-                            "attempts": 0,
-                            "nextAttemptAt": next,
-                            "lastError": reason,
-                            DEFERRED: true,
-                        },
+            } => (
+                doc! {
+                    "$set": {
+                        "attempts": 0,
+                        "nextAttemptAt": after(*retry_after),
+                        "lastError": reason,
+                        DEFERRED: true,
                     },
-                    false,
-                )
-            }
+                },
+                false,
+            ),
             DeliveryError::Permanent(reason) => (park(now, reason, record.attempts + 1), true),
             DeliveryError::Transient(reason) => {
                 let attempts = record.attempts + 1;
                 if attempts >= self.config.max_attempts {
                     (park(now, reason, attempts), true)
                 } else {
-                    let delay = self.backoff(attempts);
-                    let next =
-                        DateTime::from_millis(now.timestamp_millis() + delay.as_millis() as i64);
                     (
                         doc! {
-                            "$set": { "attempts": attempts, "nextAttemptAt": next, "lastError": reason },
+                            "$set": {
+                                "attempts": attempts,
+                                "nextAttemptAt": after(self.backoff(attempts)),
+                                "lastError": reason,
+                            },
                             "$unset": { DEFERRED: "" },
                         },
                         false,
@@ -792,7 +790,7 @@ impl Relay {
             self.observe(record, Delivery::Parked(error));
         } else if let DeliveryError::NotYet { .. } = error {
             tracing::info!(message_id = %record.message_id, destination = %record.destination.label(), error = %error, "outbox record not settled yet; will look again");
-            self.observe(record, Delivery::Failed(error));
+            self.observe(record, Delivery::Deferred(error));
         } else {
             tracing::warn!(message_id = %record.message_id, destination = %record.destination.label(), error = %error, "outbox delivery failed; will retry");
             self.observe(record, Delivery::Failed(error));

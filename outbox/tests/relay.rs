@@ -499,6 +499,7 @@ impl Observer for Outcomes {
         let what = match delivery {
             Delivery::Delivered { .. } => "delivered",
             Delivery::Failed(_) => "failed",
+            Delivery::Deferred(_) => "deferred",
             Delivery::Parked(_) => "parked",
         };
         if let Ok(mut seen) = self.0.lock() {

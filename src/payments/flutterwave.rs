@@ -166,15 +166,12 @@ impl Flutterwave {
         &self,
         tx_ref: &str,
     ) -> Result<Vec<Transaction>, ProviderError> {
-        let url = format!("{}/transactions", self.base_url);
-        Ok(self
-            .read("transactions", || {
-                self.http
-                    .get(&url)
-                    .query(&[("tx_ref", tx_ref), ("status", "successful")])
-            })
-            .await?
-            .unwrap_or_default())
+        self.list(
+            "transactions",
+            "transactions",
+            &[("tx_ref", tx_ref), ("status", "successful")],
+        )
+        .await
     }
 
     /// POST /transactions/{id}/refund. Not idempotent on Flutterwave's side,
@@ -214,11 +211,21 @@ impl Flutterwave {
         &self,
         transaction_id: &str,
     ) -> Result<Vec<RefundRecord>, ProviderError> {
-        let url = format!("{}/refunds", self.base_url);
+        self.list("refund_lookup", "refunds", &[("tx_id", transaction_id)])
+            .await
+    }
+
+    /// GET {path}?{query}: a list read (retried like any read); no data is
+    /// an empty list.
+    async fn list<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, ProviderError> {
+        let url = format!("{}/{path}", self.base_url);
         Ok(self
-            .read("refund_lookup", || {
-                self.http.get(&url).query(&[("tx_id", transaction_id)])
-            })
+            .read(operation, || self.http.get(&url).query(query))
             .await?
             .unwrap_or_default())
     }

@@ -142,6 +142,10 @@ impl RefundHandler {
         command: &RefundCommand,
         refunds: &[RefundRecord],
     ) -> Result<Option<String>, DeliveryError> {
+        // The order is read only when there is a failed refund to match.
+        if !refunds.iter().any(|r| r.status == "failed") {
+            return Ok(None);
+        }
         let order = self
             .orders
             .repository()

@@ -6,8 +6,8 @@
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use outbox::OutboxRecord;
 use outbox::relay::{Delivery, Observer};
-use outbox::{DeliveryError, OutboxRecord};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -327,9 +327,8 @@ impl Observer for Metrics {
                     .observe(age_ms.max(0) as f64 / 1000.0);
                 "delivered"
             }
-            // A command whose effect is still settling elsewhere has not failed.
-            Delivery::Failed(DeliveryError::NotYet { .. }) => "deferred",
             Delivery::Failed(_) => "failed",
+            Delivery::Deferred(_) => "deferred",
             Delivery::Parked(_) => "parked",
         };
         f.outbox_deliveries

@@ -255,11 +255,7 @@ async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
     // never verifies.
     pay_losing_the_webhook(&app, &order).await;
     let sim = app.sim.sim();
-    let stored = app
-        .order_until("gil", &id, |o| {
-            o["strayPayments"][0]["refund"]["status"] == "completed"
-        })
-        .await;
+    let stored = app.stray_refund_settled("gil", &id).await;
     assert_eq!(
         stored["strayPayments"][0]["refund"]["status"], "completed",
         "{stored}"
@@ -297,11 +293,7 @@ async fn the_sweep_refunds_a_second_payment_of_a_paid_order_when_both_webhooks_w
     // The page, still open, is paid again; that webhook is lost too, and
     // no verify comes: only the sweep can see it.
     pay_losing_the_webhook(&app, &order).await;
-    let stored = app
-        .order_until("ivy", &id, |o| {
-            o["strayPayments"][0]["refund"]["status"] == "completed"
-        })
-        .await;
+    let stored = app.stray_refund_settled("ivy", &id).await;
     assert_eq!(
         stored["strayPayments"][0]["refund"]["status"], "completed",
         "{stored}"

@@ -252,6 +252,14 @@ impl TestApp {
         order
     }
 
+    /// Reads the order until its first stray payment's refund is settled.
+    pub async fn stray_refund_settled(&self, user: &str, order_id: &str) -> Value {
+        self.order_until(user, order_id, |o| {
+            o["strayPayments"][0]["refund"]["status"] == "completed"
+        })
+        .await
+    }
+
     /// A successful Flutterwave transaction paying `order` in full.
     pub fn payment_for(&self, order: &Value) -> u64 {
         let amount = order["price"].as_f64().unwrap() + order["serviceFee"].as_f64().unwrap();

@@ -280,14 +280,6 @@ async fn a_refund_waits_out_a_flutterwave_outage() {
     app.shutdown().await;
 }
 
-/// Reads the order until its first stray payment's refund is settled.
-async fn stray_refund_settled(app: &TestApp, buyer: &str, order_id: &str) -> serde_json::Value {
-    app.order_until(buyer, order_id, |o| {
-        o["strayPayments"][0]["refund"]["status"] == "completed"
-    })
-    .await
-}
-
 /// Has the simulator send `payment`'s webhook `times` times at once, signed
 /// both ways; the status the service answered.
 async fn webhook(app: &TestApp, payment: u64, times: usize) -> u16 {
@@ -326,7 +318,7 @@ async fn a_payment_made_after_the_order_was_cancelled_is_refunded_in_full_once()
         verified.body
     );
 
-    let stored = stray_refund_settled(&app, "kim", &id).await;
+    let stored = app.stray_refund_settled("kim", &id).await;
     assert_eq!(stored["status"], "CANCELLED");
     assert!(stored["flutterwave"]["transactionId"].is_null());
     let strays = stored["strayPayments"].as_array().unwrap();
@@ -359,7 +351,7 @@ async fn a_second_payment_of_a_paid_order_is_refunded_and_the_first_kept() {
     let verified = app.verify("max", second, tx_ref).await;
     assert_eq!(verified.status, StatusCode::CONFLICT, "{:?}", verified.body);
 
-    let stored = stray_refund_settled(&app, "max", &id).await;
+    let stored = app.stray_refund_settled("max", &id).await;
     assert_eq!(stored["status"], "PROCESSING");
     assert_eq!(stored["flutterwave"]["transactionId"], first);
     assert_eq!(
