@@ -184,6 +184,7 @@ impl Application {
                 flutterwave.clone(),
                 orders.clone(),
                 config.client_url.clone(),
+                config.checkout_session,
             ),
             payments: Payments::new(flutterwave, orders.clone()),
             uploads: Uploads::new(config.cloudinary.clone()),

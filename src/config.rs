@@ -100,6 +100,9 @@ pub struct Config {
     pub api_gateway_url: String,
     /// Base of links in e-mails (`{CLIENT_URL}/orders/{id}/activities`).
     pub client_url: String,
+    /// How long a checkout page takes payments (`CHECKOUT_SESSION_MINUTES`,
+    /// sent to Flutterwave as `session_duration`).
+    pub checkout_session: Duration,
     pub jwt_token: Secret,
     pub gateway_jwt_token: Secret,
     pub database_url: ConnectionUrl,
@@ -302,6 +305,25 @@ impl Config {
             variable: "DATABASE_URL",
             reason: "must name the database in its path, e.g. mongodb://host:27017/orders".into(),
         })?;
+        // Flutterwave's longest session; the sweep watches each checkout for
+        // as long as its page takes payments.
+        let checkout_session = match vars.parse("CHECKOUT_SESSION_MINUTES", 1_440u64)? {
+            minutes @ 1..=1_440 => Duration::from_secs(minutes * 60),
+            _ => {
+                return Err(ConfigError {
+                    variable: "CHECKOUT_SESSION_MINUTES",
+                    reason: "must be from 1 to 1440 (Flutterwave's longest session)".into(),
+                });
+            }
+        };
+        if vars.get("RECONCILE_MAX_AGE_HOURS").is_some() {
+            return Err(ConfigError {
+                variable: "RECONCILE_MAX_AGE_HOURS",
+                reason: "no longer read: checkouts are watched for CHECKOUT_SESSION_MINUTES \
+                         plus two RECONCILE_MAX_DELAY_SECS; unset it"
+                    .into(),
+            });
+        }
         let enable_apm = vars.flag("ENABLE_APM")?;
         let elastic_apm_server_url = vars.optional_url("ELASTIC_APM_SERVER_URL")?;
         if enable_apm && elastic_apm_server_url.is_none() {
@@ -315,6 +337,7 @@ impl Config {
             port: vars.parse("PORT", 4006)?,
             api_gateway_url,
             client_url,
+            checkout_session,
             jwt_token: secret("JWT_TOKEN", "local-jwt-secret")?,
             gateway_jwt_token: secret("GATEWAY_JWT_TOKEN", "local-gateway-secret")?,
             database_url: ConnectionUrl(database_url),
@@ -384,10 +407,10 @@ impl Config {
                 first_delay: Duration::from_secs(vars.parse("RECONCILE_FIRST_DELAY_SECS", 300)?),
                 growth: vars.parse("RECONCILE_GROWTH", 2.0)?,
                 max_delay: Duration::from_secs(vars.parse("RECONCILE_MAX_DELAY_SECS", 3_600)?),
-                max_age: Duration::from_secs(
-                    vars.parse::<u64>("RECONCILE_MAX_AGE_HOURS", 24)? * 3_600,
-                ),
+                session: checkout_session,
                 batch: vars.count("RECONCILE_BATCH", 500usize)?,
+                concurrency: vars.count("RECONCILE_CONCURRENCY", 4usize)?,
+                rate_per_second: vars.count("RECONCILE_RATE_PER_SEC", 5u32)?,
             },
             review_prefetch: match vars.parse("REVIEW_PREFETCH", 20u16)? {
                 0 => {
@@ -659,6 +682,46 @@ mod tests {
         ] {
             assert_eq!(config(&[(variable, "0")]).unwrap_err().variable, variable);
             assert_eq!(config(&[(variable, "-3")]).unwrap_err().variable, variable);
+        }
+    }
+
+    #[test]
+    fn the_checkout_session_bounds_the_sweep_and_is_checked() {
+        let defaults = config(&[]).expect("defaults");
+        assert_eq!(defaults.checkout_session, Duration::from_secs(86_400));
+        assert_eq!(defaults.reconcile.session, defaults.checkout_session);
+        assert_eq!(
+            (
+                defaults.reconcile.concurrency,
+                defaults.reconcile.rate_per_second
+            ),
+            (4, 5)
+        );
+        let set = config(&[
+            ("CHECKOUT_SESSION_MINUTES", "90"),
+            ("RECONCILE_CONCURRENCY", "2"),
+            ("RECONCILE_RATE_PER_SEC", "12"),
+        ])
+        .expect("set");
+        assert_eq!(set.reconcile.session, Duration::from_secs(5_400));
+        assert_eq!(
+            (set.reconcile.concurrency, set.reconcile.rate_per_second),
+            (2, 12)
+        );
+        for (variable, value) in [
+            ("CHECKOUT_SESSION_MINUTES", "0"),
+            ("CHECKOUT_SESSION_MINUTES", "1441"),
+            ("RECONCILE_CONCURRENCY", "0"),
+            ("RECONCILE_RATE_PER_SEC", "0"),
+            // Replaced by the session: a setting that no longer acts must not
+            // look as if it did.
+            ("RECONCILE_MAX_AGE_HOURS", "48"),
+        ] {
+            assert_eq!(
+                config(&[(variable, value)]).unwrap_err().variable,
+                variable,
+                "{variable}={value}"
+            );
         }
     }
 

@@ -27,6 +27,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/__sim/webhook-target", post(set_webhook_target))
         .route("/__sim/webhooks", get(webhook_deliveries))
         .route("/__sim/pay/{tx_ref}", post(pay))
+        .route("/__sim/expire/{tx_ref}", post(expire))
 }
 
 fn fail(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -35,7 +36,9 @@ fn fail(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 fn sim_error(e: SimError) -> Response {
     let status = match e {
-        SimError::UnknownTransaction(_) | SimError::UnknownPaymentLink(_) => StatusCode::NOT_FOUND,
+        SimError::UnknownTransaction(_)
+        | SimError::UnknownPaymentLink(_)
+        | SimError::ExpiredPaymentLink(_) => StatusCode::NOT_FOUND,
         SimError::NoWebhookTarget | SimError::InvalidInput(_) => StatusCode::BAD_REQUEST,
         SimError::Webhook(_) | SimError::Json(_) => StatusCode::BAD_GATEWAY,
     };
@@ -121,6 +124,13 @@ async fn pay(State(app): State<AppState>, Path(tx_ref): Path<String>, body: Byte
     let opts: PayOptions = body_or_400!(body);
     match app.sim.pay_link(&tx_ref, opts).await {
         Ok(tx) => Json(tx).into_response(),
+        Err(e) => sim_error(e),
+    }
+}
+
+async fn expire(State(app): State<AppState>, Path(tx_ref): Path<String>) -> Response {
+    match app.sim.expire_payment_link(&tx_ref) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => sim_error(e),
     }
 }

@@ -6,6 +6,8 @@ pub enum SimError {
     UnknownTransaction(u64),
     #[error("no payment link for {0}")]
     UnknownPaymentLink(String),
+    #[error("the payment link for {0} has expired")]
+    ExpiredPaymentLink(String),
     #[error("no webhook target configured (set_webhook_target or POST /__sim/webhook-target)")]
     NoWebhookTarget,
     #[error("invalid input: {0}")]

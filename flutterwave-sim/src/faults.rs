@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::routes::AppState;
 use crate::state::State as Ledger;
-use crate::wire;
+use crate::{Simulator, wire};
 
 /// Faults applied to `/v3` API requests. Replaced wholesale by `Simulator::set_faults`
 /// or `PUT /__sim/faults`; `Faults::default()` means a healthy Flutterwave.
@@ -87,6 +87,10 @@ impl Ledger {
             Operation::HostedPay => c.hosted_pay += 1,
         }
         c.total += 1;
+        if op.is_api() {
+            self.in_flight += 1;
+            c.peak_in_flight = c.peak_in_flight.max(self.in_flight);
+        }
 
         let f = &mut self.faults;
         if !op.is_api() || f.only.is_some_and(|only| only != op) {
@@ -155,6 +159,17 @@ fn authorized(headers: &HeaderMap, secret_key: &str) -> bool {
         .is_some_and(|key| key.trim() == secret_key)
 }
 
+/// One merchant API request counted in `in_flight` until it is answered
+/// or its caller goes away.
+struct InFlight(Simulator);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+}
+
 /// Faults come before auth: when Flutterwave is down, a bad key does not get a 401 either.
 pub(crate) async fn guard(
     State((app, op)): State<(AppState, Operation)>,
@@ -162,6 +177,7 @@ pub(crate) async fn guard(
     next: Next,
 ) -> Response {
     let plan = app.sim.lock().admit(op);
+    let _in_flight = op.is_api().then(|| InFlight(app.sim.clone()));
     if !plan.latency.is_zero() {
         tokio::time::sleep(plan.latency).await;
     }

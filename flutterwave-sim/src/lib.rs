@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -190,7 +191,22 @@ impl Simulator {
         });
     }
 
-    /// "The customer pays the hosted link" for the latest link created for `tx_ref`.
+    /// "Time passes": the latest link made for `tx_ref` stops taking
+    /// payments now, as it would at the end of its `session_duration`.
+    pub fn expire_payment_link(&self, tx_ref: &str) -> Result<(), SimError> {
+        let mut state = self.lock();
+        let link = state
+            .links
+            .iter_mut()
+            .rev()
+            .find(|l| l.tx_ref == tx_ref)
+            .ok_or_else(|| SimError::UnknownPaymentLink(tx_ref.to_string()))?;
+        link.expires_at = Some(Utc::now());
+        Ok(())
+    }
+
+    /// "The customer pays the hosted link" for the latest link created for `tx_ref`,
+    /// refused once the link has expired.
     /// Webhook failures do not fail the payment (Flutterwave charges regardless); they are
     /// logged and visible in `webhook_deliveries()`.
     pub async fn pay_link(&self, tx_ref: &str, opts: PayOptions) -> Result<Transaction, SimError> {
@@ -202,6 +218,9 @@ impl Simulator {
             .find(|l| l.tx_ref == tx_ref)
             .cloned()
             .ok_or_else(|| SimError::UnknownPaymentLink(tx_ref.to_string()))?;
+        if link.expired(Utc::now()) {
+            return Err(SimError::ExpiredPaymentLink(tx_ref.to_string()));
+        }
         Ok(self.pay(&link, opts).await)
     }
 

@@ -220,6 +220,15 @@ async fn create_payment(State(app): State<AppState>, headers: HeaderMap, body: B
     let Some(email) = str_field(&v, &["customer", "email"]) else {
         return bad("customer.email is required");
     };
+    // Flutterwave documents 1440 minutes (24 hours) as the longest session.
+    let session_duration = match v.get("session_duration") {
+        None | Some(Value::Null) => None,
+        Some(minutes) => match minutes.as_u64().filter(|m| (1..=1440).contains(m)) {
+            Some(m) => Some(m as u32),
+            None => return bad("session_duration must be between 1 and 1440 minutes"),
+        },
+    };
+    let now = Utc::now();
 
     // The link must be reachable by whoever called us, so it reuses their Host header.
     let host = headers
@@ -239,7 +248,9 @@ async fn create_payment(State(app): State<AppState>, headers: HeaderMap, body: B
         customer_name: str_field(&v, &["customer", "name"]).map(str::to_string),
         title: str_field(&v, &["customizations", "title"]).map(str::to_string),
         paid_tx_id: None,
-        created_at: Utc::now(),
+        created_at: now,
+        session_duration,
+        expires_at: session_duration.map(|m| now + chrono::Duration::minutes(i64::from(m))),
     });
     wire::success("Hosted Link", json!({"link": link}))
 }
@@ -249,13 +260,15 @@ async fn hosted_pay(State(app): State<AppState>, Path(token): Path<String>) -> R
         let state = app.sim.lock();
         state.links.iter().find(|l| l.token == token).cloned()
     };
+    let gone = || wire::error(StatusCode::NOT_FOUND, "Payment link not found or expired");
     let Some(link) = link else {
-        return wire::error(StatusCode::NOT_FOUND, "Payment link not found or expired");
+        return gone();
     };
     // A refresh of an already-paid page must not charge the customer twice.
     let paid = link.paid_tx_id.and_then(|id| app.sim.transaction(id));
     let tx = match paid {
         Some(tx) => tx,
+        None if link.expired(Utc::now()) => return gone(),
         None => app.sim.pay(&link, PayOptions::default()).await,
     };
     let Ok(mut url) = reqwest::Url::parse(&link.redirect_url) else {

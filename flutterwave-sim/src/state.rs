@@ -119,6 +119,17 @@ pub struct PaymentLink {
     /// Set once the hosted page was paid, so a browser refresh redirects instead of charging again.
     pub paid_tx_id: Option<u64>,
     pub created_at: DateTime<Utc>,
+    /// `session_duration` as asked for, in minutes; `None` when the request named none.
+    pub session_duration: Option<u32>,
+    /// When the page stops taking payments; `None`: it never does.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl PaymentLink {
+    /// The page no longer takes payments (a paid page still redirects).
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// Requests that reached each operation, including those a fault or the auth check answered.
@@ -136,6 +147,8 @@ pub struct CallCounts {
     pub hosted_pay: u64,
     /// Sum of all of the above.
     pub total: u64,
+    /// Most merchant API requests (hosted page visits aside) in progress at once.
+    pub peak_in_flight: u64,
 }
 
 /// One webhook POST attempt, kept so tests can see what was sent even when the receiver failed.
@@ -168,6 +181,8 @@ pub(crate) struct State {
     pub(crate) links: Vec<PaymentLink>,
     pub(crate) faults: Faults,
     pub(crate) calls: CallCounts,
+    /// Merchant API requests in progress now, for `CallCounts::peak_in_flight`.
+    pub(crate) in_flight: u64,
     pub(crate) webhook_target: Option<WebhookTarget>,
     pub(crate) deliveries: Vec<WebhookDelivery>,
 }
@@ -184,6 +199,7 @@ impl Default for State {
             links: Vec::new(),
             faults: Faults::default(),
             calls: CallCounts::default(),
+            in_flight: 0,
             webhook_target: None,
             deliveries: Vec::new(),
         }

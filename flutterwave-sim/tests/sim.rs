@@ -7,7 +7,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use flutterwave_sim::{
-    Faults, NewTransaction, Operation, PayOptions, SignMode, SimHandle, Simulator, WebhookOptions,
+    Faults, NewTransaction, Operation, PayOptions, SignMode, SimError, SimHandle, Simulator,
+    WebhookOptions,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -514,6 +515,61 @@ async fn payment_link_paid_via_hosted_page() {
 }
 
 #[tokio::test]
+async fn a_link_stops_taking_payments_when_its_session_ends() {
+    let h = start().await;
+    let body = |tx_ref: &str, session: Value| {
+        json!({
+            "tx_ref": tx_ref, "amount": 10, "currency": "NGN",
+            "redirect_url": "http://localhost/done", "customer": {"email": "a@b.c"},
+            "session_duration": session,
+        })
+    };
+    let (status, _, made) = post(&h, "/payments", body("order-30", json!(30))).await;
+    assert_eq!(status, 200, "{made}");
+    let (status, _, _) = post(&h, "/payments", body("order-31", Value::Null)).await;
+    assert_eq!(status, 200);
+    let links = h.sim().payment_links();
+    assert_eq!(links[0].session_duration, Some(30));
+    let lasts = links[0].expires_at.unwrap() - links[0].created_at;
+    assert_eq!(lasts.num_minutes(), 30);
+    assert_eq!(links[1].expires_at, None, "no session named: no end");
+
+    h.sim().expire_payment_link("order-30").unwrap();
+    let link = made["data"]["link"].as_str().unwrap();
+    let (status, _, page) = send(client().get(link)).await;
+    assert_eq!(status, 404, "{page}");
+    assert_eq!(page["message"], "Payment link not found or expired");
+    assert!(matches!(
+        h.sim().pay_link("order-30", PayOptions::default()).await,
+        Err(SimError::ExpiredPaymentLink(_))
+    ));
+    assert!(h.sim().transactions().is_empty(), "nothing was charged");
+    assert!(
+        h.sim()
+            .pay_link("order-31", PayOptions::default())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn calls_record_how_many_were_in_progress_at_once() {
+    let h = start().await;
+    let id = paid(&h, "order-32", 100.0);
+    h.sim().set_faults(Faults {
+        latency_ms: 300,
+        ..Default::default()
+    });
+    let path = format!("/transactions/{id}/verify");
+    let (a, b, c) = tokio::join!(get(&h, &path), get(&h, &path), get(&h, &path));
+    assert_eq!((a.0, b.0, c.0), (200, 200, 200));
+    get(&h, &path).await;
+    let calls = h.sim().calls();
+    assert_eq!(calls.verify, 4);
+    assert_eq!(calls.peak_in_flight, 3, "{calls:?}");
+}
+
+#[tokio::test]
 async fn payments_validation() {
     let h = start().await;
     let valid = json!({
@@ -525,6 +581,9 @@ async fn payments_validation() {
         ("amount", json!(0)),
         ("redirect_url", Value::Null),
         ("customer", json!({"name": "no email"})),
+        ("session_duration", json!(0)),
+        ("session_duration", json!(1441)),
+        ("session_duration", json!("60")),
     ] {
         let mut body = valid.clone();
         body[field] = bad;

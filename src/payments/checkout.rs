@@ -20,14 +20,21 @@ pub struct Checkout {
     flutterwave: Flutterwave,
     orders: Orders,
     client_url: String,
+    session: Duration,
 }
 
 impl Checkout {
-    pub fn new(flutterwave: Flutterwave, orders: Orders, client_url: String) -> Self {
+    pub fn new(
+        flutterwave: Flutterwave,
+        orders: Orders,
+        client_url: String,
+        session: Duration,
+    ) -> Self {
         Self {
             flutterwave,
             orders,
             client_url,
+            session,
         }
     }
 
@@ -89,6 +96,9 @@ impl Checkout {
             customizations: Customizations {
                 title: order.offer.gig_title.clone(),
             },
+            // The reconciliation sweep stops watching when the page stops
+            // taking payments; without a session the page might outlive it.
+            session_duration: self.session.as_secs().div_ceil(60),
         };
         let link = self
             .flutterwave

@@ -42,6 +42,8 @@ pub struct PaymentLinkRequest {
     pub redirect_url: String,
     pub customer: Customer,
     pub customizations: Customizations,
+    /// Minutes the page takes payments; after that no payment can come.
+    pub session_duration: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

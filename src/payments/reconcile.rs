@@ -4,8 +4,12 @@
 //! verify (idempotent, so whichever path comes first wins and the others
 //! change nothing). Orders paid recently are checked too, with the list of
 //! every payment made with their reference: a checkout page paid twice
-//! leaves a payment the order cannot take, which is refunded in full. One instance checks an order at a time: the schedule in
-//! `payment_checks` is advanced atomically by whoever takes the check.
+//! leaves a payment the order cannot take, which is refunded in full. An
+//! order is watched for as long as its checkout page takes payments
+//! (`session_duration`, sent with the link) plus the longest wait between
+//! checks: after that no payment can come. One instance checks an order at
+//! a time: the schedule in `payment_checks` is advanced atomically by
+//! whoever takes the check.
 
 use super::flutterwave::{Flutterwave, ProviderError};
 use super::settle::{Settled, settle};
@@ -14,12 +18,15 @@ use crate::orders::model::{Order, OrderStatus};
 use crate::orders::{OrderError, Orders};
 use crate::telemetry::metrics::Metrics;
 use bson::{Document, doc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use outbox::lease::IN_CHUNK;
 use outbox::transaction::is_duplicate_key;
 use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +41,47 @@ pub struct ReconcileSettings {
     pub growth: f64,
     /// Longest wait between two checks.
     pub max_delay: Duration,
-    /// Orders whose checkout is older than this are no longer checked.
-    pub max_age: Duration,
+    /// How long a checkout page takes payments (its `session_duration`).
+    pub session: Duration,
     /// Most orders checked by one sweep; the rest wait for the next.
     pub batch: usize,
+    /// Checks one instance runs at once. At least 1.
+    pub concurrency: usize,
+    /// Checks one instance starts per second, at most: the sweep shares
+    /// Flutterwave's rate limit with buyers' checkouts and verifies, and
+    /// must leave them most of it. At least 1.
+    pub rate_per_second: u32,
+}
+
+impl ReconcileSettings {
+    /// How long after its checkout an order is checked: until its page
+    /// stops taking payments, then one full wait between checks so a
+    /// payment in the page's last minute still gets a check after it, and
+    /// a second wait of slack for a sweep running late.
+    pub fn watch(&self) -> Duration {
+        self.session + self.max_delay * 2 + self.interval
+    }
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    Paid,
+    Stray,
+    Pending,
+    Failed,
+}
+
+impl Checked {
+    /// The `outcome` label of `reconcile_checks_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Checked::Paid => "paid",
+            Checked::Stray => "stray",
+            Checked::Pending => "pending",
+            Checked::Failed => "failed",
+        }
+    }
 }
 
 /// What one sweep did, for tests and logs.
@@ -55,6 +99,8 @@ pub struct Reconciler {
     orders: Orders,
     checks: Collection<Document>,
     settings: ReconcileSettings,
+    /// Paces the checks (`rate_per_second`).
+    pace: Arc<DefaultDirectRateLimiter>,
     metrics: Option<Metrics>,
 }
 
@@ -65,10 +111,12 @@ impl Reconciler {
         orders: Orders,
         settings: ReconcileSettings,
     ) -> Self {
+        let rate = NonZeroU32::new(settings.rate_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
             flutterwave,
             orders,
             checks: db.collection("payment_checks"),
+            pace: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
             settings,
             metrics: None,
         }
@@ -99,24 +147,25 @@ impl Reconciler {
 
     /// One pass over the orders due for a check.
     ///
-    /// Every unpaid checkout in the age window is a candidate, and so is
-    /// every order paid in that window (its checkout page may have been
-    /// paid again); those whose schedule says "not yet" are left out before
-    /// the batch is cut, so a crowd of recently checked orders never keeps a
-    /// due one from its turn. Unpaid ones come first: money taken and not
-    /// yet recorded weighs more than money taken twice.
+    /// Every unpaid checkout still watched is a candidate, and so is every
+    /// paid order whose checkout is (its page may have been paid again);
+    /// those whose schedule says "not yet" are left out before the batch is
+    /// cut, so a crowd of recently checked orders never keeps a due one from
+    /// its turn. Unpaid ones come first: money taken and not yet recorded
+    /// weighs more than money taken twice. Up to `concurrency` checks run at
+    /// once, paced to `rate_per_second`, each also through the Flutterwave
+    /// client's own rate limit and breaker.
     pub async fn sweep(&self) -> Result<SweepOutcome, OrderError> {
         let now = chrono::Utc::now();
-        let newest =
-            now - chrono::Duration::from_std(self.settings.first_delay).unwrap_or_default();
-        let oldest = now - chrono::Duration::from_std(self.settings.max_age).unwrap_or_default();
+        let at = |age: Duration| {
+            (now - chrono::Duration::from_std(age).unwrap_or_default())
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
         // Checkout and payment times are stored as RFC 3339 text in UTC,
         // which sorts as time does to within a second (the fraction's
         // digits vary).
-        let window = doc! {
-            "$gte": oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "$lte": newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        };
+        let newest = at(self.settings.first_delay);
+        let oldest = at(self.settings.watch());
         // Each phase has its own schedule: a paid order's is counted from
         // its payment, not from the checks it had while unpaid.
         let mut candidates: Vec<(String, String)> = self
@@ -126,7 +175,7 @@ impl Reconciler {
                     // and a payment made there is refunded in full.
                     "status": { "$in": ["AWAITING_PAYMENT", "CANCELLED"] },
                     "flutterwave.transactionId": null,
-                    "flutterwave.checkoutAt": window.clone(),
+                    "flutterwave.checkoutAt": { "$gte": &oldest, "$lte": &newest },
                 },
                 "flutterwave.checkoutAt",
             )
@@ -138,7 +187,10 @@ impl Reconciler {
             self.candidates(
                 doc! {
                     "flutterwave.transactionId": { "$ne": null },
-                    "flutterwave.paidAt": window,
+                    // Paid no earlier than its checkout was made, so this
+                    // bounds the scan; the checkout's age decides.
+                    "flutterwave.paidAt": { "$gte": &oldest, "$lte": &newest },
+                    "flutterwave.checkoutAt": { "$gte": &oldest },
                 },
                 "flutterwave.paidAt",
             )
@@ -148,54 +200,74 @@ impl Reconciler {
         );
         let keys: Vec<String> = candidates.iter().map(|(_, key)| key.clone()).collect();
         let waiting = self.not_yet_due(&keys).await?;
-        let mut outcome = SweepOutcome::default();
-        for (order_id, key) in candidates
-            .iter()
+        let due = candidates
+            .into_iter()
             .filter(|(_, key)| !waiting.contains(key))
-            .take(self.settings.batch)
+            .take(self.settings.batch);
+        futures::stream::iter(due)
+            .map(|(order_id, key)| async move { self.check_due(&order_id, &key).await })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .try_fold(SweepOutcome::default(), |mut outcome, checked| async move {
+                if let Some(checked) = checked {
+                    outcome.checked += 1;
+                    outcome.paid += u64::from(checked == Checked::Paid);
+                    outcome.strays += u64::from(checked == Checked::Stray);
+                }
+                Ok(outcome)
+            })
+            .await
+    }
+
+    /// Checks one due order unless another instance took the check or the
+    /// order changed phase since it was listed.
+    async fn check_due(&self, order_id: &str, key: &str) -> Result<Option<Checked>, OrderError> {
+        // Read just before its check: the checks before it take time.
+        let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
+            return Ok(None);
+        };
+        // Paid since it was listed unpaid: the paid phase's turn comes.
+        let paid = order.flutterwave.transaction_id.is_some();
+        if paid != key.starts_with("paid:")
+            || !paid
+                && !matches!(
+                    order.status,
+                    OrderStatus::AwaitingPayment | OrderStatus::Cancelled
+                )
         {
-            // Read just before its check: the checks before it take time.
-            let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
-                continue;
-            };
-            // Paid since it was listed unpaid: the paid phase's turn comes.
-            let paid = order.flutterwave.transaction_id.is_some();
-            if paid != key.starts_with("paid:")
-                || !paid
-                    && !matches!(
-                        order.status,
-                        OrderStatus::AwaitingPayment | OrderStatus::Cancelled
-                    )
-            {
-                continue;
-            }
-            if !self.take_check(key).await? {
-                continue;
-            }
-            outcome.checked += 1;
-            let result = if paid {
-                self.check_paid(&order).await.map(|strays| {
-                    outcome.strays += strays;
-                    if strays > 0 { "stray" } else { "pending" }
-                })
-            } else {
-                self.check(&order).await.map(|found| {
-                    outcome.paid += u64::from(found);
-                    if found { "paid" } else { "pending" }
-                })
-            };
-            if let Some(metrics) = &self.metrics {
-                metrics
-                    .families()
-                    .reconcile_checks
-                    .with_label_values(&[result.as_ref().map_or("failed", |label| *label)])
-                    .inc();
-            }
-            if let Err(e) = result {
-                tracing::warn!(order_id = %order.order_id, error = %e, "reconciliation check failed");
-            }
+            return Ok(None);
         }
-        Ok(outcome)
+        self.pace.until_ready().await;
+        if !self.take_check(key).await? {
+            return Ok(None);
+        }
+        let result = if paid {
+            self.check_paid(&order).await.map(|strays| {
+                if strays > 0 {
+                    Checked::Stray
+                } else {
+                    Checked::Pending
+                }
+            })
+        } else {
+            self.check(&order).await.map(|found| {
+                if found {
+                    Checked::Paid
+                } else {
+                    Checked::Pending
+                }
+            })
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .families()
+                .reconcile_checks
+                .with_label_values(&[result.as_ref().map_or("failed", |c| c.label())])
+                .inc();
+        }
+        Ok(Some(result.unwrap_or_else(|e| {
+            tracing::warn!(order_id = %order.order_id, error = %e, "reconciliation check failed");
+            Checked::Failed
+        })))
     }
 
     /// The ids of the orders matching `filter`, newest `by` first (recent
@@ -384,12 +456,16 @@ mod tests {
             first_delay: Duration::from_secs(300),
             growth: 2.0,
             max_delay: Duration::from_secs(3600),
-            max_age: Duration::from_secs(86_400),
+            session: Duration::from_secs(86_400),
             batch: 500,
+            concurrency: 4,
+            rate_per_second: 5,
         };
         let delays: Vec<u64> = (1..=5)
             .map(|n| next_delay(&settings, n).as_secs())
             .collect();
         assert_eq!(delays, vec![600, 1200, 2400, 3600, 3600]);
+        // A day's page, then two hour-long waits and one sweep interval.
+        assert_eq!(settings.watch().as_secs(), 86_400 + 7_200 + 30);
     }
 }

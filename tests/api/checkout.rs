@@ -71,6 +71,11 @@ async fn checkout_asks_flutterwave_once_however_often_it_is_asked() {
     assert_eq!(sent.amount, 1100.0, "price plus fee, from the stored order");
     assert!(sent.redirect_url.starts_with("http://client.test/"));
     assert_eq!(
+        sent.session_duration,
+        Some(1440),
+        "the page takes payments for as long as the sweep watches it"
+    );
+    assert_eq!(
         checkout(&app, "lee", &id).await.status,
         StatusCode::FORBIDDEN,
         "the seller does not pay"
@@ -316,5 +321,155 @@ async fn the_sweep_refunds_a_second_payment_of_a_paid_order_when_both_webhooks_w
         300.0 + order["serviceFee"].as_f64().unwrap()
     );
     assert!(app.sim.sim().calls().transactions >= 1);
+    app.shutdown().await;
+}
+
+/// Moves the order's checkout back by `age`, as if it had been made then.
+async fn age_checkout(app: &TestApp, order_id: &str, age: chrono::Duration) {
+    let then = (chrono::Utc::now() - age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    app.db
+        .collection::<bson::Document>("orders")
+        .update_one(
+            bson::doc! { "orderId": order_id },
+            bson::doc! { "$set": { "flutterwave.checkoutAt": then } },
+        )
+        .await
+        .expect("checkout moved back");
+}
+
+#[tokio::test]
+async fn a_payment_in_the_last_minutes_of_a_checkout_session_is_still_found() {
+    let app = spawn_app_with(sweeping()).await;
+    let id = oid();
+    let order = app.new_order(&id, "quin", "rae", 200.0).await;
+    assert_eq!(checkout(&app, "quin", &id).await.status, StatusCode::OK);
+    // The page was made 24 hours and 5 minutes ago, and paid just before its
+    // session ended; the next check comes after the end.
+    age_checkout(&app, &id, chrono::Duration::minutes(24 * 60 + 5)).await;
+    pay_losing_the_webhook(&app, &order).await;
+    let stored = app
+        .order_until("quin", &id, |o| o["status"] == "PROCESSING")
+        .await;
+    assert_eq!(stored["status"], "PROCESSING", "{stored}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_checkout_whose_page_ended_long_ago_is_no_longer_checked() {
+    let app = spawn_app_with(sweeping()).await;
+    let checks = app.db.collection::<bson::Document>("payment_checks");
+    // Past its page's 24 hours and the two hour-long waits after them.
+    let old = oid();
+    let old_order = app.new_order(&old, "sam", "tia", 200.0).await;
+    assert_eq!(checkout(&app, "sam", &old).await.status, StatusCode::OK);
+    age_checkout(&app, &old, chrono::Duration::minutes(26 * 60 + 5)).await;
+    pay_losing_the_webhook(&app, &old_order).await;
+    // A fresh one, checked by the same sweeps.
+    let fresh = oid();
+    let fresh_order = app.new_order(&fresh, "uma", "vic", 200.0).await;
+    assert_eq!(checkout(&app, "uma", &fresh).await.status, StatusCode::OK);
+    pay_losing_the_webhook(&app, &fresh_order).await;
+    app.order_until("uma", &fresh, |o| o["status"] == "PROCESSING")
+        .await;
+    // Its paid-phase schedule appears in a later sweep than the one that
+    // paid it, so every sweep that could have seen the old one is over.
+    let paid_key = format!("paid:{fresh}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while checks
+        .find_one(bson::doc! { "_id": &paid_key })
+        .await
+        .expect("schedule read")
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no later sweep");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        checks
+            .find_one(bson::doc! { "_id": &old })
+            .await
+            .expect("schedule read")
+            .is_none(),
+        "the old checkout was never checked"
+    );
+    assert_eq!(
+        app.get("sam", &old).await.body["order"]["status"],
+        "AWAITING_PAYMENT"
+    );
+    assert_eq!(app.sim.sim().calls().verify_by_reference, 1);
+    app.shutdown().await;
+}
+
+/// `n` orders checked out and paid with their webhooks lost, whose first
+/// checks all fall due at one moment a few seconds ahead, so one sweep finds
+/// them all due; then every look-up by reference takes 400 ms. Their
+/// buyers and ids.
+async fn paid_orders_due_together(app: &TestApp, n: usize) -> Vec<(String, String)> {
+    let checks = app.db.collection::<bson::Document>("payment_checks");
+    let due_at = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 4_000);
+    let mut orders = Vec::new();
+    for n in 0..n {
+        let id = oid();
+        checks
+            .insert_one(bson::doc! { "_id": &id, "attempts": 0, "nextCheckAt": due_at })
+            .await
+            .expect("schedule");
+        let (buyer, seller) = (format!("b{n}"), format!("s{n}"));
+        let order = app.new_order(&id, &buyer, &seller, 100.0).await;
+        assert_eq!(checkout(app, &buyer, &id).await.status, StatusCode::OK);
+        pay_losing_the_webhook(app, &order).await;
+        orders.push((buyer, id));
+    }
+    assert!(
+        bson::DateTime::now() < due_at,
+        "set up before the checks fell due"
+    );
+    app.sim.sim().set_faults(flutterwave_sim::Faults {
+        latency_ms: 400,
+        only: Some(flutterwave_sim::Operation::VerifyByReference),
+        ..Default::default()
+    });
+    orders
+}
+
+/// Waits until every order is paid; the simulator's call counts then.
+async fn all_paid(app: &TestApp, orders: &[(String, String)]) -> flutterwave_sim::CallCounts {
+    for (buyer, id) in orders {
+        let stored = app
+            .order_until(buyer, id, |o| o["status"] == "PROCESSING")
+            .await;
+        assert_eq!(stored["status"], "PROCESSING", "{stored}");
+    }
+    app.sim.sim().calls()
+}
+
+#[tokio::test]
+async fn one_sweep_checks_several_orders_at_once_up_to_its_concurrency() {
+    let mut options = sweeping();
+    options
+        .extra_env
+        .push(("RECONCILE_CONCURRENCY", "3".into()));
+    let app = spawn_app_with(options).await;
+    let orders = paid_orders_due_together(&app, 6).await;
+    let calls = all_paid(&app, &orders).await;
+    assert!(
+        (2..=3).contains(&calls.peak_in_flight),
+        "checks overlapped, never more than 3: {calls:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sweep_paces_its_checks_to_leave_flutterwave_room_for_buyers() {
+    let mut options = sweeping();
+    options.extra_env.extend([
+        ("RECONCILE_CONCURRENCY", "3".into()),
+        // One check a second, each answered in 400 ms: they never overlap.
+        ("RECONCILE_RATE_PER_SEC", "1".into()),
+    ]);
+    let app = spawn_app_with(options).await;
+    let orders = paid_orders_due_together(&app, 3).await;
+    let calls = all_paid(&app, &orders).await;
+    assert_eq!(calls.peak_in_flight, 1, "{calls:?}");
     app.shutdown().await;
 }
