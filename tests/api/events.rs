@@ -299,16 +299,25 @@ async fn a_refund_that_fails_after_being_pending_is_recorded_failed_and_not_sent
         failed["refund"]["flutterwaveRefundId"],
         refunds[0].id.to_string()
     );
-    // Parked for an operator, not looked at again for ever.
-    let parked = app
-        .state
-        .outbox
-        .parked(10)
-        .await
-        .expect("parked")
-        .into_iter()
-        .filter(|r| r.aggregate_id.starts_with(&format!("refund:{id}")))
-        .count();
+    // Parked for an operator, not looked at again for ever. The relay parks
+    // the record just after the command has recorded the failure.
+    let refund_aggregate = format!("refund:{id}");
+    let mut parked = 0;
+    for _ in 0..100 {
+        parked = app
+            .state
+            .outbox
+            .parked(10)
+            .await
+            .expect("parked")
+            .into_iter()
+            .filter(|r| r.aggregate_id.starts_with(&refund_aggregate))
+            .count();
+        if parked > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(parked, 1);
     app.shutdown().await;
 }
