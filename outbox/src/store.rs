@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Set on a pending record while it waits on purpose (`DeliveryError::NotYet`),
-/// cleared by any failure; [`Outbox::stats`] leaves such records out of the
-/// oldest pending age.
+/// cleared by any failure; [`Outbox::stats`] counts such records apart and
+/// leaves them out of the oldest pending age.
 pub const DEFERRED: &str = "deferred";
 
 /// Server code for "collection already exists".
@@ -49,8 +49,14 @@ impl Default for OutboxConfig {
 pub struct OutboxStats {
     pub pending: u64,
     pub parked: u64,
-    /// Age of the oldest pending record, zero when none is pending.
+    /// Age of the oldest pending record not waiting on purpose, zero when
+    /// none is pending.
     pub oldest_pending_age: Duration,
+    /// Pending records waiting on purpose (marked [`DEFERRED`]).
+    pub deferred: u64,
+    /// Age of the oldest of them, zero when none waits: something that has
+    /// waited for days may need a person even though nothing failed.
+    pub oldest_deferred_age: Duration,
 }
 
 /// Handle on the outbox collections of one database.
@@ -94,6 +100,12 @@ impl Outbox {
             // The relay's scan: due pending records, oldest first.
             IndexModel::builder()
                 .keys(doc! { "status": 1, "nextAttemptAt": 1 })
+                .build(),
+            // Records waiting on purpose, oldest first, for `stats`; sparse,
+            // as the mark is unset on every other record.
+            IndexModel::builder()
+                .keys(doc! { DEFERRED: 1, "createdAt": 1 })
+                .options(IndexOptions::builder().sparse(true).build())
                 .build(),
             // Per-aggregate delivery in order; unique so a seq is never reused.
             IndexModel::builder()
@@ -274,16 +286,26 @@ impl Outbox {
             .find_one(doc! { "status": "pending", DEFERRED: { "$ne": true } })
             .sort(doc! { "status": 1, "nextAttemptAt": 1 })
             .await?;
-        let oldest_pending_age = oldest
-            .map(|r| {
+        let waiting = doc! { DEFERRED: true, "status": "pending" };
+        let deferred = self.records.count_documents(waiting.clone()).await?;
+        let oldest_deferred = self
+            .records
+            .find_one(waiting)
+            .sort(doc! { DEFERRED: 1, "createdAt": 1 })
+            .await?;
+        let age = |r: Option<OutboxRecord>| {
+            r.map(|r| {
                 let age = DateTime::now().timestamp_millis() - r.created_at.timestamp_millis();
                 Duration::from_millis(age.max(0) as u64)
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+        };
         Ok(OutboxStats {
             pending,
             parked,
-            oldest_pending_age,
+            oldest_pending_age: age(oldest),
+            deferred,
+            oldest_deferred_age: age(oldest_deferred),
         })
     }
 }

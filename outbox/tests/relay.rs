@@ -405,6 +405,11 @@ async fn a_command_not_settled_yet_is_looked_at_again_later_without_counting_an_
         Duration::ZERO,
         "waiting on purpose is not late"
     );
+    assert_eq!(waiting.deferred, 1, "but it is counted apart");
+    assert!(
+        waiting.oldest_deferred_age >= Duration::from_millis(20),
+        "{waiting:?}"
+    );
     // A drain stops once nothing is due; the next look is due later.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while env.outbox.stats().await.expect("stats").pending > 0 {

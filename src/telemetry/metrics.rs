@@ -35,6 +35,9 @@ pub struct Families {
     pub outbox_pending: IntGauge,
     pub outbox_parked: IntGauge,
     pub outbox_oldest_pending: Gauge,
+    /// Pending records waiting on purpose (a refund still settling).
+    pub outbox_deferred: IntGauge,
+    pub outbox_oldest_deferred: Gauge,
     pub outbox_deliveries: IntCounterVec,
     pub outbox_commit_to_confirm: HistogramVec,
     pub inbox_duplicates: IntCounterVec,
@@ -78,6 +81,14 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     metric
 }
 
+fn seconds_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -90,13 +101,6 @@ impl Metrics {
     /// panics rather than threading an error through start-up.
     pub fn new() -> Self {
         let r = Registry::new();
-        let outbox_oldest_pending = Gauge::new(
-            "outbox_oldest_pending_age_seconds",
-            "Age of the oldest pending outbox record",
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        r.register(Box::new(outbox_oldest_pending.clone()))
-            .unwrap_or_else(|e| panic!("metric: {e}"));
         let rate_limited = IntCounter::new(
             "flutterwave_rate_limited_total",
             "Flutterwave calls refused by the local rate limit",
@@ -146,7 +150,21 @@ impl Metrics {
                 "outbox_parked",
                 "Outbox records parked after their last attempt",
             ),
-            outbox_oldest_pending,
+            outbox_oldest_pending: seconds_gauge(
+                &r,
+                "outbox_oldest_pending_age_seconds",
+                "Age of the oldest pending outbox record not waiting on purpose",
+            ),
+            outbox_deferred: gauge(
+                &r,
+                "outbox_deferred",
+                "Pending outbox records waiting on purpose (a refund still settling)",
+            ),
+            outbox_oldest_deferred: seconds_gauge(
+                &r,
+                "outbox_oldest_deferred_age_seconds",
+                "Age of the oldest outbox record waiting on purpose",
+            ),
             outbox_deliveries: counter(
                 &r,
                 "outbox_deliveries_total",
@@ -281,6 +299,9 @@ impl Metrics {
         f.outbox_parked.set(stats.parked as i64);
         f.outbox_oldest_pending
             .set(stats.oldest_pending_age.as_secs_f64());
+        f.outbox_deferred.set(stats.deferred as i64);
+        f.outbox_oldest_deferred
+            .set(stats.oldest_deferred_age.as_secs_f64());
     }
 }
 

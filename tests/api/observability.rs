@@ -1,5 +1,6 @@
-//! What operators see: /metrics with every name the Grafana dashboard uses,
-//! a real Prometheus scraping the service, the trace context carried from a
+//! What operators see: /metrics with every name the Grafana dashboard and
+//! the alert rules use, alert rules that promtool checks and unit-tests, a
+//! real Prometheus scraping the service, the trace context carried from a
 //! request to the AMQP messages it caused, and a valid compose file.
 
 use crate::helpers::*;
@@ -25,19 +26,15 @@ fn exported(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Metric names in the dashboard's PromQL expressions; histogram series
-/// suffixes map back to their family.
-fn dashboard_metrics() -> BTreeSet<String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/grafana/dashboards/order-service.json"
-    );
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard file"))
-            .expect("dashboard JSON");
-    let mut exprs = Vec::new();
-    collect_exprs(&dashboard, &mut exprs);
-    let pattern = regex::Regex::new(r"\b([a-z][a-z0-9_]*?(?:_total|_seconds|_pending|_parked|_state|_connections|_up))(?:_bucket|_sum|_count)?\b").expect("regex");
+fn deploy_file(path: &str) -> String {
+    let path = format!("{}/deploy/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Metric names in PromQL expressions; histogram series suffixes map back
+/// to their family.
+fn metric_names(exprs: &[String]) -> BTreeSet<String> {
+    let pattern = regex::Regex::new(r"\b([a-z][a-z0-9_]*?(?:_total|_seconds|_pending|_parked|_deferred|_state|_connections|_up))(?:_bucket|_sum|_count)?\b").expect("regex");
     exprs
         .iter()
         .flat_map(|e| {
@@ -47,6 +44,38 @@ fn dashboard_metrics() -> BTreeSet<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+fn dashboard_metrics() -> BTreeSet<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&deploy_file("grafana/dashboards/order-service.json"))
+            .expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    metric_names(&exprs)
+}
+
+/// The rules' `expr:` values, a folded (`>`) one with its indented lines.
+fn alert_exprs() -> Vec<String> {
+    let rules = deploy_file("prometheus/alerts.yml");
+    let mut exprs = Vec::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let mut expr = rest.trim().to_string();
+        if expr == ">" {
+            let indent = line.len() - line.trim_start().len();
+            expr.clear();
+            while let Some(next) = lines.next_if(|l| l.len() - l.trim_start().len() > indent) {
+                expr.push_str(next.trim());
+                expr.push(' ');
+            }
+        }
+        exprs.push(expr);
+    }
+    exprs
 }
 
 fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
@@ -81,12 +110,84 @@ async fn every_metric_the_dashboard_uses_is_exported() {
         missing.is_empty(),
         "dashboard metrics not exported: {missing:?}"
     );
+    let alerting = metric_names(&alert_exprs());
+    assert!(
+        alerting.len() >= 8,
+        "the alert rules use the service's metrics: {alerting:?}"
+    );
+    let missing: Vec<&String> = alerting.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "alerted metrics not exported: {missing:?}"
+    );
     assert!(
         text.contains(r#"http_requests_total{method="POST",route="/api/v1/order",status="201"} 1"#),
         "route label is the matched route"
     );
     assert!(text.contains("outbox_pending "));
     app.shutdown().await;
+}
+
+/// Runs promtool (installed by `scripts/deps.sh prometheus`) in deploy/prometheus.
+fn promtool(args: &[&str]) {
+    let output = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus"))
+        .output()
+        .expect("promtool is installed by scripts/deps.sh prometheus");
+    assert!(
+        output.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_alert_rules_load_and_pass_their_unit_tests() {
+    promtool(&["check", "config", "prometheus.yml"]);
+    promtool(&["test", "rules", "alerts.test.yml"]);
+}
+
+/// GitHub's anchor for a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_runbook_points_at_a_section_that_exists() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = deploy_file("prometheus/alerts.yml");
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook: "))
+        .map(|r| r.trim_matches('"'))
+        .collect();
+    assert_eq!(
+        runbooks.len(),
+        rules.matches("- alert:").count(),
+        "every alert has a runbook"
+    );
+    for runbook in runbooks {
+        let (file, section) = runbook.split_once('#').unwrap_or((runbook, ""));
+        let text = std::fs::read_to_string(format!("{root}/{file}"))
+            .unwrap_or_else(|e| panic!("{runbook}: {e}"));
+        let anchors: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .map(|l| anchor(l.trim_start_matches('#')))
+            .collect();
+        assert!(
+            section.is_empty() || anchors.iter().any(|a| a == section),
+            "{runbook}: no such section"
+        );
+    }
 }
 
 #[tokio::test]
