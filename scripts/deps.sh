@@ -7,10 +7,13 @@
 # registries (pip, apt), so a fresh machine needs nothing done by hand.
 #
 #   scripts/deps.sh                              MongoDB-wire server, RabbitMQ, Redis
-#   scripts/deps.sh prometheus docker-compose    the same, then these tools too
+#   scripts/deps.sh prometheus docker-compose redis-tls
+#                                                the same, then these tools too
 #
 # The optional names only install tools (Debian's prometheus/promtool and
-# docker-compose, used by the observability tests); they start nothing.
+# docker-compose, used by the observability tests; redis-server and openssl,
+# with which the realtime tests start a TLS-only Redis of their own); they
+# start nothing.
 set -euo pipefail
 
 MONGO_PORT="${MONGO_PORT:-27017}"
@@ -135,6 +138,18 @@ ensure_redis() {
   wait_port "$REDIS_PORT" Redis 60
 }
 
+# The rediss:// test starts its own TLS-only redis-server, with certificates
+# openssl makes, whatever Redis is already listening on the usual port.
+ensure_redis_tls() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
 # The realtime tests drive the reference Socket.IO client on Node.js.
 ensure_node() {
   if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
@@ -147,9 +162,9 @@ ensure_node() {
 # Check the optional names before starting anything.
 for extra in "$@"; do
   case "$extra" in
-    prometheus | docker-compose) ;;
+    prometheus | docker-compose | redis-tls) ;;
     *)
-      log "unknown argument: $extra (expected: prometheus, docker-compose)"
+      log "unknown argument: $extra (expected: prometheus, docker-compose, redis-tls)"
       exit 2
       ;;
   esac
@@ -166,5 +181,6 @@ for extra in "$@"; do
   case "$extra" in
     prometheus) ensure_prometheus ;;
     docker-compose) ensure_docker_compose ;;
+    redis-tls) ensure_redis_tls ;;
   esac
 done

@@ -123,12 +123,8 @@ impl Application {
         .with_metrics(metrics.clone());
         let auth = Arc::new(Auth::new(&config.jwt_token, &config.gateway_jwt_token));
         // Redis channels carry the deployment's prefix, like its exchanges.
-        let realtime = Realtime::start(
-            auth.clone(),
-            config.redis_url.as_ref(),
-            &config.exchange_prefix,
-        )
-        .await?;
+        let realtime =
+            Realtime::start(auth.clone(), config.redis.as_ref(), &config.exchange_prefix).await?;
         let relay = relay
             .with_handler(
                 REFUND_COMMAND,

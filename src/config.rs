@@ -112,11 +112,11 @@ pub struct Config {
     /// Prepended to every exchange name; lets several environments (or test
     /// runs) share one broker without seeing each other's events.
     pub exchange_prefix: String,
-    /// Redis for the Socket.IO adapter (`REDIS_URL`, `redis://`): set it when
-    /// several instances run, so an emit on one reaches sockets on the
-    /// others. Unset: a single instance with the in-memory adapter. A secret
-    /// because the URL may carry a password.
-    pub redis_url: Option<Secret>,
+    /// Redis for the Socket.IO adapter (`REDIS_URL`, `redis://` or
+    /// `rediss://` for TLS): set it when several instances run, so an emit on
+    /// one reaches sockets on the others. Unset: a single instance with the
+    /// in-memory adapter.
+    pub redis: Option<RedisSettings>,
     pub elastic_search_url: Option<ConnectionUrl>,
     /// Log lines held while Elasticsearch is away (`ELASTIC_LOG_BUFFER_LINES`);
     /// older ones are dropped and counted past it.
@@ -184,6 +184,16 @@ pub struct RateLimitSettings {
     /// the service). Empty: the TCP peer address is the client, whatever the
     /// headers say.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// Where Redis is and how to trust it.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// A secret because the URL may carry a password.
+    pub url: Secret,
+    /// PEM file of the CA that signed a `rediss://` server's certificate
+    /// (`REDIS_CA_FILE`), for a private CA; unset: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The guards around Flutterwave calls (see `payments::resilience`).
@@ -324,6 +334,33 @@ impl Config {
                     .into(),
             });
         }
+        let redis = match vars.get("REDIS_URL") {
+            None => None,
+            Some(_) => {
+                let url = vars.url("REDIS_URL", "", &["redis://", "rediss://"])?;
+                let tls = url.starts_with("rediss://");
+                // redis-rs reads `#insecure` as "skip the certificate checks".
+                if production && tls && url.contains('#') {
+                    return Err(ConfigError {
+                        variable: "REDIS_URL",
+                        reason: "a fragment (#insecure) turns certificate checks off; \
+                                 not allowed in production"
+                            .into(),
+                    });
+                }
+                let ca_file = vars.get("REDIS_CA_FILE").map(std::path::PathBuf::from);
+                if ca_file.is_some() && !tls {
+                    return Err(ConfigError {
+                        variable: "REDIS_CA_FILE",
+                        reason: "only used with a rediss:// REDIS_URL".into(),
+                    });
+                }
+                Some(RedisSettings {
+                    url: Secret(url),
+                    ca_file,
+                })
+            }
+        };
         let enable_apm = vars.flag("ENABLE_APM")?;
         let elastic_apm_server_url = vars.optional_url("ELASTIC_APM_SERVER_URL")?;
         if enable_apm && elastic_apm_server_url.is_none() {
@@ -344,10 +381,7 @@ impl Config {
             database_name,
             rabbitmq_endpoint: ConnectionUrl(rabbitmq_endpoint),
             exchange_prefix: vars.get("AMQP_EXCHANGE_PREFIX").unwrap_or_default(),
-            redis_url: match vars.get("REDIS_URL") {
-                None => None,
-                Some(_) => Some(Secret(vars.url("REDIS_URL", "", &["redis://"])?)),
-            },
+            redis,
             elastic_search_url: vars.optional_url("ELASTIC_SEARCH_URL")?.map(ConnectionUrl),
             elastic_log_buffer: vars.parse("ELASTIC_LOG_BUFFER_LINES", 10_000)?,
             flutterwave_secret_key: secret(
@@ -727,25 +761,53 @@ mod tests {
 
     #[test]
     fn redis_is_optional_and_checked() {
-        assert!(config(&[]).expect("defaults").redis_url.is_none());
+        assert!(config(&[]).expect("defaults").redis.is_none());
         assert!(
             config(&[("REDIS_URL", " ")])
                 .expect("blank")
-                .redis_url
+                .redis
                 .is_none()
         );
         let set = config(&[("REDIS_URL", "redis://:pw@127.0.0.1:6379")]).expect("set");
         assert_eq!(
-            set.redis_url.as_ref().map(Secret::expose),
+            set.redis.as_ref().map(|r| r.url.expose()),
             Some("redis://:pw@127.0.0.1:6379")
         );
         assert!(!format!("{set:?}").contains(":pw@"));
+        let tls = config(&[
+            ("REDIS_URL", "rediss://127.0.0.1:6380"),
+            ("REDIS_CA_FILE", "/etc/ssl/redis-ca.pem"),
+        ])
+        .expect("tls");
+        let tls = tls.redis.expect("redis");
+        assert_eq!(tls.url.expose(), "rediss://127.0.0.1:6380");
         assert_eq!(
-            config(&[("REDIS_URL", "127.0.0.1:6379")])
-                .unwrap_err()
-                .variable,
-            "REDIS_URL"
+            tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ssl/redis-ca.pem"))
         );
+        for (vars, variable) in [
+            (vec![("REDIS_URL", "127.0.0.1:6379")], "REDIS_URL"),
+            (
+                vec![
+                    ("REDIS_URL", "redis://127.0.0.1:6379"),
+                    ("REDIS_CA_FILE", "/ca.pem"),
+                ],
+                "REDIS_CA_FILE",
+            ),
+            (
+                [
+                    &[
+                        ("NODE_ENV", "production"),
+                        ("REDIS_URL", "rediss://h:6380/#insecure"),
+                    ],
+                    &LOCATIONS[..],
+                ]
+                .concat(),
+                "REDIS_URL",
+            ),
+        ] {
+            assert_eq!(config(&vars).unwrap_err().variable, variable, "{vars:?}");
+        }
     }
 
     #[test]

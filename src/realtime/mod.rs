@@ -20,7 +20,7 @@ pub mod handshake;
 pub mod records;
 mod redis;
 
-use crate::config::Secret;
+use crate::config::RedisSettings;
 use crate::http::auth::Auth;
 use adapter::{Io, Layer};
 use axum::Router;
@@ -39,6 +39,8 @@ const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum RealtimeError {
     #[error("REDIS_URL: {0}")]
     Redis(String),
+    #[error("REDIS_CA_FILE {path}: {reason}")]
+    RedisCa { path: String, reason: String },
 }
 
 /// The Socket.IO server of this instance: the layer for the router, the
@@ -51,24 +53,33 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// Builds the server; with `redis_url`, connects to Redis and subscribes
+    /// Builds the server; with `redis`, connects to Redis and subscribes
     /// to the adapter's channels, named after `channel_prefix` so that
     /// deployments sharing one Redis stay apart.
     pub async fn start(
         auth: Arc<Auth>,
-        redis_url: Option<&Secret>,
+        redis: Option<&RedisSettings>,
         channel_prefix: &str,
     ) -> Result<Self, RealtimeError> {
-        let (io, layer) = match redis_url {
+        let (io, layer) = match redis {
             None => {
                 let (layer, io) = SocketIo::builder().with_state(auth).build_layer();
                 io.ns("/", on_connect.with(authenticate));
                 (Io::Local(io), Layer::Local(layer))
             }
-            Some(url) => {
+            Some(settings) => {
+                let ca = match &settings.ca_file {
+                    None => None,
+                    Some(path) => {
+                        Some(std::fs::read(path).map_err(|e| RealtimeError::RedisCa {
+                            path: path.display().to_string(),
+                            reason: e.to_string(),
+                        })?)
+                    }
+                };
                 let driver = tokio::time::timeout(
                     REDIS_CONNECT_TIMEOUT,
-                    redis::ReconnectingDriver::connect(&resp3(url.expose())),
+                    redis::ReconnectingDriver::connect(&resp3(settings.url.expose()), ca),
                 )
                 .await
                 .map_err(|_| RealtimeError::Redis("timed out connecting".into()))?
@@ -127,12 +138,19 @@ impl Realtime {
 /// The Redis driver speaks RESP3 (pushed pub/sub messages on the same
 /// connection); ask for it unless the URL already chooses.
 fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
+    // The query goes before a fragment (`#insecure`), which ends the URL.
+    let (base, fragment) = url.split_once('#').map_or((url, ""), |(b, f)| (b, f));
+    let fragment = if fragment.is_empty() {
+        String::new()
     } else {
-        format!("{url}?protocol=resp3")
+        format!("#{fragment}")
+    };
+    if base.contains("protocol=") {
+        url.to_string()
+    } else if base.contains('?') {
+        format!("{base}&protocol=resp3{fragment}")
+    } else {
+        format!("{base}?protocol=resp3{fragment}")
     }
 }
 
@@ -150,6 +168,10 @@ mod tests {
         assert_eq!(
             resp3("redis://h?protocol=resp2"),
             "redis://h?protocol=resp2"
+        );
+        assert_eq!(
+            resp3("rediss://h:6380/#insecure"),
+            "rediss://h:6380/?protocol=resp3#insecure"
         );
     }
 }

@@ -28,9 +28,26 @@ pub struct DriverError(#[from] redis::RedisError);
 
 impl ReconnectingDriver {
     /// Connects (start-up fails if Redis cannot be reached: the adapter's
-    /// channels must be subscribed before the first socket arrives).
-    pub async fn connect(url: &str) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    /// channels must be subscribed before the first socket arrives). A
+    /// `rediss://` server is trusted through `ca` (PEM) when given, else
+    /// through the system's roots.
+    pub async fn connect(url: &str, ca: Option<Vec<u8>>) -> Result<Self, redis::RedisError> {
+        if url.starts_with("rediss://") {
+            // redis-rs asks rustls for its process-wide provider, and with
+            // two compiled in rustls cannot pick; an error here only means
+            // one is installed already.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let client = match ca {
+            None => redis::Client::open(url)?,
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+        };
         let handlers: Handlers = Arc::default();
         let sink = handlers.clone();
         let config = ConnectionManagerConfig::new()

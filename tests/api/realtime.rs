@@ -442,17 +442,19 @@ async fn an_order_lifecycle_reaches_each_party_in_order() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_client_on_one_instance_receives_what_another_committed() {
-    let redis = ("REDIS_URL", redis_url());
+/// Two instances sharing Redis through `redis` (its variables): a client on
+/// B receives what A committed, which B's own relay never emits.
+async fn a_client_on_b_receives_what_a_committed(redis: Vec<(&'static str, String)>) {
     let a = spawn_app_with(Options {
-        extra_env: vec![redis.clone()],
+        extra_env: redis.clone(),
         ..Options::default()
     })
     .await;
     // Same database, same Redis channels (they carry the deployment's prefix).
+    let mut b_env = redis;
+    b_env.push(("AMQP_EXCHANGE_PREFIX", a.prefix.clone()));
     let b = spawn_app_with(Options {
-        extra_env: vec![redis, ("AMQP_EXCHANGE_PREFIX", a.prefix.clone())],
+        extra_env: b_env,
         database: Some(a.db.name().to_string()),
         ..Options::default()
     })
@@ -480,6 +482,177 @@ async fn a_client_on_one_instance_receives_what_another_committed() {
 
     b.shutdown().await;
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_on_one_instance_receives_what_another_committed() {
+    a_client_on_b_receives_what_a_committed(vec![("REDIS_URL", redis_url())]).await;
+}
+
+/// A redis-server of the test's own that speaks only TLS, with a server
+/// certificate for 127.0.0.1 signed by a CA made for it (openssl and
+/// redis-server from `scripts/deps.sh redis-tls`). Stopped on drop.
+struct TlsRedis {
+    server: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl TlsRedis {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("redis-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("extensions");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for args in [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+                &["-days", "1", "-subj", "/CN=order-service test CA"],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "1",
+                "-extfile",
+                "server.ext",
+            ],
+        ] {
+            let out = std::process::Command::new("openssl")
+                .args(&args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl is installed by scripts/deps.sh redis-tls");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let server = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .args([
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.pem"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed by scripts/deps.sh redis-tls");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Self { server, dir, port };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the TLS Redis did not open port {port}");
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.server.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn instances_reach_each_other_through_a_tls_redis() {
+    let redis = TlsRedis::start().await;
+    // A plain connection to a TLS-only port gets nowhere, so an emit that
+    // arrives went through TLS, checked against the CA.
+    a_client_on_b_receives_what_a_committed(vec![
+        ("REDIS_URL", format!("rediss://127.0.0.1:{}", redis.port)),
+        ("REDIS_CA_FILE", redis.ca_file()),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_tls_redis_whose_certificate_is_not_trusted_is_refused_at_start() {
+    let redis = TlsRedis::start().await;
+    let config = order_service::config::Config::from_lookup(|name| match name {
+        "REDIS_URL" => Some(format!("rediss://127.0.0.1:{}", redis.port)),
+        _ => None,
+    })
+    .expect("config");
+    // The system's roots do not know the test's CA.
+    let auth = std::sync::Arc::new(order_service::http::auth::Auth::new(
+        &config.jwt_token,
+        &config.gateway_jwt_token,
+    ));
+    let started =
+        order_service::realtime::Realtime::start(auth, config.redis.as_ref(), "untrusted-").await;
+    let Err(error) = started else {
+        panic!("connected to a server it cannot trust");
+    };
+    let error = error.to_string();
+    assert!(
+        error.starts_with("REDIS_URL:") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
