@@ -271,10 +271,11 @@ impl ReviewConsumer {
 
 impl Handler for ReviewConsumer {
     /// One span per consumed message, in the trace its `traceparent` names;
-    /// the records the review causes carry the same trace.
+    /// the records the review causes carry the same trace, under that span
+    /// while spans are exported.
     async fn handle(&self, channel: &Channel, delivery: Delivery, cancel: &CancellationToken) {
         let incoming = header_text(&delivery, "traceparent");
-        let traceparent = trace_context::continue_or_start(incoming.as_deref());
+        let parent = trace_context::continue_or_start(incoming.as_deref());
         let key = review_message::inbox_key(&delivery.properties, &delivery.data);
         let queue = self.queues.main.as_str();
         let span = tracing::info_span!(
@@ -284,8 +285,9 @@ impl Handler for ReviewConsumer {
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
         );
-        apm::start_consumer_span(&span, &traceparent, queue);
+        apm::start_consumer_span(&span, &parent, queue);
         async {
+            let traceparent = trace_context::for_what_follows(Some(&parent));
             let disposition = self
                 .decide(channel, &delivery, &key, &traceparent, cancel)
                 .await;

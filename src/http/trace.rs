@@ -9,11 +9,12 @@ use std::time::Duration;
 use tower_http::trace::{DefaultOnResponse, OnResponse};
 use tracing::Span;
 
-/// The incoming `traceparent` if well-formed, else the request span's own
-/// while traces are exported (so events and APM show one trace), else a new
-/// root one.
+/// What the events a request causes carry: the request span's own
+/// `traceparent` while traces are exported (so a peer's span sits under the
+/// request's in APM), else the incoming one if well-formed, else a new root.
+/// Called inside the request span.
 pub fn traceparent(headers: &HeaderMap) -> String {
-    trace_context::continue_or_start(headers.get("traceparent").and_then(|v| v.to_str().ok()))
+    trace_context::for_what_follows(headers.get("traceparent").and_then(|v| v.to_str().ok()))
 }
 
 /// The caller's correlation id (`x-correlation-id`, else `x-request-id`), if sane.

@@ -1,7 +1,9 @@
-//! W3C trace context (`traceparent`) for what the service causes: kept from
-//! the request or consumed message that carries a valid one, else the
-//! current exported span's, else a new root, so that every event a change
-//! causes names the trace it belongs to.
+//! W3C trace context (`traceparent`) for what the service causes. While
+//! traces are exported, an event carries the span that caused it (the
+//! request's or the consumed message's, itself a child of the caller's), so
+//! a peer's span joins the trace under it; otherwise the caller's own
+//! `traceparent` is passed on, else a new root, so that every event a
+//! change causes names the trace it belongs to.
 
 use super::apm;
 use rand::Rng;
@@ -14,6 +16,13 @@ pub fn continue_or_start(incoming: Option<&str>) -> String {
         .map(str::to_string)
         .or_else(apm::current_traceparent)
         .unwrap_or_else(new_root)
+}
+
+/// The `traceparent` for what the current span causes: the span's own
+/// while traces are exported (a child of `incoming`, in its trace), else
+/// `incoming` if well-formed, else a new root.
+pub fn for_what_follows(incoming: Option<&str>) -> String {
+    apm::current_traceparent().unwrap_or_else(|| continue_or_start(incoming))
 }
 
 /// Version 00, a non-zero 32-hex trace id and 16-hex parent id, 2-hex flags.
@@ -56,5 +65,8 @@ mod tests {
             assert!(is_valid(&fresh), "{fresh}");
         }
         assert!(is_valid(&continue_or_start(None)));
+        // Without exported spans there is no span of ours to name: the
+        // caller's is passed on.
+        assert_eq!(for_what_follows(Some(good)), good);
     }
 }

@@ -2,7 +2,8 @@
 //! real binary (the layer is wired in `telemetry::init`, the flush in the
 //! process's shutdown). With `ENABLE_APM=1` the request span arrives as
 //! protobuf with the secret token, in the caller's trace and named by its
-//! matched route, and a hanging collector holds no request up; SIGTERM sends
+//! matched route, and the events it causes sit under it; a hanging
+//! collector holds no request up; SIGTERM sends
 //! what is still queued; without `ENABLE_APM` nothing is sent at all.
 
 use crate::helpers::*;
@@ -10,6 +11,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
+use futures::TryStreamExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -210,6 +212,73 @@ async fn request_spans_reach_apm_in_the_callers_trace_and_never_wait_on_it() {
         slowest < Duration::from_secs(2),
         "slowest request {slowest:?}"
     );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn the_events_a_request_causes_sit_under_its_span_in_the_callers_trace() {
+    let collector = Collector::default();
+    let url = collector.start().await;
+    let service = spawn_binary(&apm_env(&url, "child-token", 200)).await;
+    let order_id = format!("apm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let created = service
+        .http
+        .post(format!("{}/api/v1/order", service.base))
+        .header("gatewaytoken", gateway_token("order"))
+        .bearer_auth(user_token("tracy"))
+        .json(&order_body(&order_id, "tracy", "sam", 40.0))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status().as_u16(), 201);
+    // The cancel notifies the seller: an outbox record the request causes.
+    let (trace_id, caller_span, traceparent) = new_trace();
+    let cancelled = service
+        .http
+        .put(format!("{}/api/v1/order/cancel/{order_id}", service.base))
+        .header("gatewaytoken", gateway_token("order"))
+        .bearer_auth(user_token("tracy"))
+        .header("traceparent", &traceparent)
+        .json(&serde_json::json!({ "orderData": { "price": 1 } }))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status().as_u16(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = collector.export_with(&trace_id);
+    while found.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        found = collector.export_with(&trace_id);
+    }
+    let (_, export) = found.expect("the request's span was exported within 30 s");
+    let request_span = spans(&export)
+        .find(|s| hex(&s.trace_id) == trace_id && s.kind == SpanKind::Server as i32)
+        .expect("the request span");
+    assert_eq!(hex(&request_span.parent_span_id), caller_span);
+    let expected = format!("00-{trace_id}-{}-01", hex(&request_span.span_id));
+
+    let records: Vec<bson::Document> = service
+        .database()
+        .await
+        .collection::<bson::Document>("outbox")
+        .find(bson::doc! { "headers.traceparent": { "$regex": trace_id.as_str() } })
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("records");
+    assert!(!records.is_empty(), "the cancel staged events");
+    for record in &records {
+        let carried = record
+            .get_document("headers")
+            .and_then(|h| h.get_str("traceparent"))
+            .expect("traceparent");
+        assert_eq!(
+            carried, expected,
+            "a child of the request span, not a sibling of it: {record}"
+        );
+    }
     service.stop().await;
 }
 

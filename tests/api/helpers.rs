@@ -718,6 +718,14 @@ pub async fn spawn_binary(env: &[(&str, String)]) -> Binary {
 }
 
 impl Binary {
+    /// The process's own database.
+    pub async fn database(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(mongo_uri(&self.db))
+            .await
+            .expect("client")
+            .database(&self.db)
+    }
+
     /// SIGTERM, then the exit status (bounded wait).
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("still running");
