@@ -92,11 +92,20 @@ impl Auth {
 /// once exhausted, answers 429 instead.
 pub struct User(pub Actor);
 
-/// `failure`, or 429 when the client IP has failed too often.
-fn refuse(parts: &Parts, failure: ApiError) -> ApiError {
+/// `failure`, or 429 when the client has failed too often. `via_gateway`:
+/// the gateway token was valid, so the gateway's `X-Forwarded-For` names the
+/// client.
+fn refuse(parts: &Parts, failure: ApiError, via_gateway: bool) -> ApiError {
     let limits = parts.extensions.get::<Arc<RateLimits>>();
     match (limits, parts.extensions.get::<ClientIp>()) {
-        (Some(limits), Some(ClientIp(ip))) => limits.check_ip(*ip).err().unwrap_or(failure),
+        (Some(limits), Some(ClientIp(ip))) => {
+            let client = if via_gateway {
+                limits.gateway_client(&parts.headers, *ip)
+            } else {
+                *ip
+            };
+            limits.check_ip(client).err().unwrap_or(failure)
+        }
         _ => failure,
     }
 }
@@ -119,6 +128,7 @@ impl FromRequestParts<AppState> for User {
                     StatusCode::FORBIDDEN,
                     "Invalid request, request not coming from api gateway",
                 ),
+                false,
             ));
         }
         let bearer = parts
@@ -135,6 +145,7 @@ impl FromRequestParts<AppState> for User {
                         StatusCode::UNAUTHORIZED,
                         "Authentication required: token missing, expired or invalid",
                     ),
+                    true,
                 )
             })?;
         if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>() {

@@ -7,7 +7,9 @@
 //! the JSON error, counted in `http_rate_limited_total{scope}`.
 //!
 //! The client IP is the TCP peer (axum's `ConnectInfo`). `X-Forwarded-For`
-//! is believed only when the peer is listed in `TRUSTED_PROXIES`.
+//! is believed when the peer is listed in `TRUSTED_PROXIES`, and for a
+//! failed user token of a request whose gateway token is valid: the gateway
+//! has proved itself, so its forwarding header names the client.
 
 use super::error::ApiError;
 use crate::config::RateLimitSettings;
@@ -138,6 +140,19 @@ impl RateLimits {
         if !self.trusted_proxies.contains(&peer) {
             return peer;
         }
+        self.forwarded_client(headers).unwrap_or(peer)
+    }
+
+    /// The client of a request that proved it came through the gateway (a
+    /// valid `gatewaytoken`): the nearest `X-Forwarded-For` hop that is not
+    /// a trusted proxy, as if the gateway were listed in `TRUSTED_PROXIES`;
+    /// else `client_ip`. Without it, every user's failed login behind the
+    /// gateway would count against the gateway's one address.
+    pub fn gateway_client(&self, headers: &HeaderMap, client_ip: IpAddr) -> IpAddr {
+        self.forwarded_client(headers).unwrap_or(client_ip)
+    }
+
+    fn forwarded_client(&self, headers: &HeaderMap) -> Option<IpAddr> {
         let hops: Vec<IpAddr> = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -150,7 +165,6 @@ impl RateLimits {
         hops.into_iter()
             .rev()
             .find(|hop| !self.trusted_proxies.contains(hop))
-            .unwrap_or(peer)
     }
 }
 
@@ -222,8 +236,18 @@ mod tests {
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         assert_eq!(limits.client_ip(Some(stranger), &headers), stranger.ip());
+        // A request the gateway vouched for: its header names the client
+        // whoever the peer is.
+        assert_eq!(
+            limits.gateway_client(&headers, stranger.ip()),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         headers.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
         assert_eq!(limits.client_ip(Some(proxy), &headers), proxy.ip());
+        assert_eq!(
+            limits.gateway_client(&headers, stranger.ip()),
+            stranger.ip()
+        );
         assert_eq!(
             limits.client_ip(None, &headers),
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)

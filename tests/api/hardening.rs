@@ -292,6 +292,45 @@ async fn a_request_that_runs_too_long_gets_503_with_the_json_error() {
 }
 
 #[tokio::test]
+async fn behind_the_gateway_failed_logins_count_per_client_not_per_gateway() {
+    // No TRUSTED_PROXIES: every request arrives from one address, as all
+    // do through the gateway.
+    let app = spawn_app_with(Options {
+        extra_env: vec![("RATE_LIMIT_PER_IP_PER_MIN", "3".into())],
+        ..Options::default()
+    })
+    .await;
+    let attempt = |client: &str, gateway: String| {
+        app.send(
+            app.http
+                .get(format!("{}/api/v1/order/x", app.address))
+                .header("gatewaytoken", gateway)
+                .header("x-forwarded-for", client)
+                .bearer_auth("not-a-token"),
+        )
+    };
+    // Through the gateway (its token is valid), its forwarding header names
+    // the client: one client's failures do not lock the others out.
+    for _ in 0..3 {
+        let reply = attempt("203.0.113.7", gateway_token("order")).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let refused = attempt("203.0.113.7", gateway_token("order")).await;
+    is_error_json(&refused, StatusCode::TOO_MANY_REQUESTS);
+    let other = attempt("203.0.113.8", gateway_token("order")).await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED, "{:?}", other.body);
+    // Without a valid gateway token the header proves nothing: a new
+    // address each time still counts against the sender.
+    for n in 0..3 {
+        let reply = attempt(&format!("198.51.100.{n}"), "forged".into()).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
+    let refused = attempt("198.51.100.99", "forged".into()).await;
+    is_error_json(&refused, StatusCode::TOO_MANY_REQUESTS);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn rate_limits_apply_per_user_and_per_ip_with_retry_after() {
     let app = spawn_app_with(Options {
         extra_env: vec![
