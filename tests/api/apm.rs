@@ -57,6 +57,22 @@ impl Collector {
         self.posts.lock().unwrap().clone()
     }
 
+    /// The export holding the request span of `trace_id`, waited for up
+    /// to 30 s (the batch processor sends every 200 ms here).
+    async fn request_export(&self, trace_id: &str) -> (HeaderMap, ExportTraceServiceRequest) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(found) = self.export_with(trace_id) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the request's span was exported within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The export that holds a span of `trace_id`, decoded, with its headers.
     fn export_with(&self, trace_id: &str) -> Option<(HeaderMap, ExportTraceServiceRequest)> {
         self.posts().into_iter().find_map(|(headers, body)| {
@@ -116,6 +132,22 @@ async fn get_order(service: &Binary, traceparent: &str) -> u16 {
         .as_u16()
 }
 
+/// Creates an order of tracy's (with sam) through `service`; its id.
+async fn new_order(service: &Binary) -> String {
+    let order_id = format!("apm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let created = service
+        .http
+        .post(format!("{}/api/v1/order", service.base))
+        .header("gatewaytoken", gateway_token("order"))
+        .bearer_auth(user_token("tracy"))
+        .json(&order_body(&order_id, "tracy", "sam", 40.0))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status().as_u16(), 201);
+    order_id
+}
+
 fn apm_env(collector: &str, token: &str, delay_ms: u64) -> Vec<(&'static str, String)> {
     vec![
         ("ENABLE_APM", "1".into()),
@@ -135,13 +167,7 @@ async fn request_spans_reach_apm_in_the_callers_trace_and_never_wait_on_it() {
     let (trace_id, parent_id, traceparent) = new_trace();
     let status = get_order(&service, &traceparent).await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut found = collector.export_with(&trace_id);
-    while found.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        found = collector.export_with(&trace_id);
-    }
-    let (headers, export) = found.expect("the request's span was exported within 30 s");
+    let (headers, export) = collector.request_export(&trace_id).await;
     assert_eq!(
         headers.get("authorization").and_then(|v| v.to_str().ok()),
         Some(format!("Bearer {token}").as_str())
@@ -220,17 +246,7 @@ async fn the_events_a_request_causes_sit_under_its_span_in_the_callers_trace() {
     let collector = Collector::default();
     let url = collector.start().await;
     let service = spawn_binary(&apm_env(&url, "child-token", 200)).await;
-    let order_id = format!("apm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let created = service
-        .http
-        .post(format!("{}/api/v1/order", service.base))
-        .header("gatewaytoken", gateway_token("order"))
-        .bearer_auth(user_token("tracy"))
-        .json(&order_body(&order_id, "tracy", "sam", 40.0))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status().as_u16(), 201);
+    let order_id = new_order(&service).await;
     // The cancel notifies the seller: an outbox record the request causes.
     let (trace_id, caller_span, traceparent) = new_trace();
     let cancelled = service
@@ -245,13 +261,7 @@ async fn the_events_a_request_causes_sit_under_its_span_in_the_callers_trace() {
         .expect("cancel");
     assert_eq!(cancelled.status().as_u16(), 200);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut found = collector.export_with(&trace_id);
-    while found.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        found = collector.export_with(&trace_id);
-    }
-    let (_, export) = found.expect("the request's span was exported within 30 s");
+    let (_, export) = collector.request_export(&trace_id).await;
     let request_span = spans(&export)
         .find(|s| hex(&s.trace_id) == trace_id && s.kind == SpanKind::Server as i32)
         .expect("the request span");
@@ -359,17 +369,7 @@ async fn a_consumed_review_and_the_relay_batch_it_causes_are_spans() {
     );
     // An order for the review to land on: its notification is an outbox
     // record, which a relay batch (a span of its own) delivers.
-    let order_id = format!("apm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let created = service
-        .http
-        .post(format!("{}/api/v1/order", service.base))
-        .header("gatewaytoken", gateway_token("order"))
-        .bearer_auth(user_token("tracy"))
-        .json(&order_body(&order_id, "tracy", "sam", 40.0))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status().as_u16(), 201);
+    let order_id = new_order(&service).await;
     let body = serde_json::json!({
         "type": "buyer-review", "orderId": order_id, "rating": 5,
         "review": "Traced", "createdAt": "2026-11-20T10:00:00.000Z"

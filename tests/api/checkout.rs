@@ -11,11 +11,18 @@ fn oid() -> String {
 }
 
 fn sweeping() -> Options {
+    sweeping_with(&[])
+}
+
+/// A sweep every 200 ms, checking at once, with `extra` settings.
+fn sweeping_with(extra: &[(&'static str, &str)]) -> Options {
+    let mut extra_env = vec![
+        ("RECONCILE_INTERVAL_MS", "200".to_string()),
+        ("RECONCILE_FIRST_DELAY_SECS", "0".to_string()),
+    ];
+    extra_env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     Options {
-        extra_env: vec![
-            ("RECONCILE_INTERVAL_MS", "200".into()),
-            ("RECONCILE_FIRST_DELAY_SECS", "0".into()),
-        ],
+        extra_env,
         ..Options::default()
     }
 }
@@ -277,12 +284,8 @@ async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
 
 #[tokio::test]
 async fn the_sweep_refunds_a_second_payment_of_a_paid_order_when_both_webhooks_were_lost() {
-    let mut options = sweeping();
     // However many checks come before the second payment, the next is near.
-    options
-        .extra_env
-        .push(("RECONCILE_MAX_DELAY_SECS", "1".into()));
-    let app = spawn_app_with(options).await;
+    let app = spawn_app_with(sweeping_with(&[("RECONCILE_MAX_DELAY_SECS", "1")])).await;
     let id = oid();
     let order = app.new_order(&id, "ivy", "jon", 300.0).await;
     assert_eq!(checkout(&app, "ivy", &id).await.status, StatusCode::OK);
@@ -445,11 +448,7 @@ async fn all_paid(app: &TestApp, orders: &[(String, String)]) -> flutterwave_sim
 
 #[tokio::test]
 async fn one_sweep_checks_several_orders_at_once_up_to_its_concurrency() {
-    let mut options = sweeping();
-    options
-        .extra_env
-        .push(("RECONCILE_CONCURRENCY", "3".into()));
-    let app = spawn_app_with(options).await;
+    let app = spawn_app_with(sweeping_with(&[("RECONCILE_CONCURRENCY", "3")])).await;
     let orders = paid_orders_due_together(&app, 6).await;
     let calls = all_paid(&app, &orders).await;
     assert!(
@@ -461,13 +460,12 @@ async fn one_sweep_checks_several_orders_at_once_up_to_its_concurrency() {
 
 #[tokio::test]
 async fn the_sweep_paces_its_checks_to_leave_flutterwave_room_for_buyers() {
-    let mut options = sweeping();
-    options.extra_env.extend([
-        ("RECONCILE_CONCURRENCY", "3".into()),
+    let app = spawn_app_with(sweeping_with(&[
+        ("RECONCILE_CONCURRENCY", "3"),
         // One check a second, each answered in 400 ms: they never overlap.
-        ("RECONCILE_RATE_PER_SEC", "1".into()),
-    ]);
-    let app = spawn_app_with(options).await;
+        ("RECONCILE_RATE_PER_SEC", "1"),
+    ]))
+    .await;
     let orders = paid_orders_due_together(&app, 3).await;
     let calls = all_paid(&app, &orders).await;
     assert_eq!(calls.peak_in_flight, 1, "{calls:?}");
