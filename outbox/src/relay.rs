@@ -728,6 +728,9 @@ impl Relay {
         let after = |delay: Duration| {
             DateTime::from_millis(now.timestamp_millis() + delay.as_millis() as i64)
         };
+        // A record waiting on purpose keeps its `deferred` mark through a
+        // failed look-up: it is still waiting, not late, and its failures
+        // count towards parking, which clears the mark.
         let (update, parked) = match error {
             // Broker-wide outages are not written per record: the next
             // round finds the same records due and the loop backs off.
@@ -742,10 +745,7 @@ impl Relay {
                 reason,
                 retry_after,
             } => (
-                doc! {
-                    "$set": { "nextAttemptAt": after(*retry_after), "lastError": reason },
-                    "$unset": { DEFERRED: "" },
-                },
+                doc! { "$set": { "nextAttemptAt": after(*retry_after), "lastError": reason } },
                 false,
             ),
             // Progress, not failure: the effect exists. The failures before
@@ -778,7 +778,6 @@ impl Relay {
                                 "nextAttemptAt": after(self.backoff(attempts)),
                                 "lastError": reason,
                             },
-                            "$unset": { DEFERRED: "" },
                         },
                         false,
                     )

@@ -12,9 +12,9 @@ use mongodb::{ClientSession, Collection, Database, IndexModel};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Set on a pending record while it waits on purpose (`DeliveryError::NotYet`),
-/// cleared by any failure; [`Outbox::stats`] counts such records apart and
-/// leaves them out of the oldest pending age.
+/// Set on a record once it waits on purpose (`DeliveryError::NotYet`) and
+/// kept through failed look-ups, cleared when it is parked; [`Outbox::stats`]
+/// counts pending ones apart and leaves them out of the oldest pending age.
 pub const DEFERRED: &str = "deferred";
 
 /// Server code for "collection already exists".
@@ -102,7 +102,7 @@ impl Outbox {
                 .keys(doc! { "status": 1, "nextAttemptAt": 1 })
                 .build(),
             // Records waiting on purpose, oldest first, for `stats`; sparse,
-            // as the mark is unset on every other record.
+            // as only records that ever waited carry the mark.
             IndexModel::builder()
                 .keys(doc! { DEFERRED: 1, "createdAt": 1 })
                 .options(IndexOptions::builder().sparse(true).build())

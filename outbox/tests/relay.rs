@@ -376,6 +376,62 @@ impl Handler for Settling {
     }
 }
 
+/// Answers its calls from `script` in turn (`None` settles), then settles.
+struct Scripted {
+    script: Mutex<std::collections::VecDeque<Option<DeliveryError>>>,
+}
+
+impl Handler for Scripted {
+    fn handle<'a>(&'a self, _record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            match self.script.lock().expect("script").pop_front().flatten() {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_record_waiting_on_purpose_stays_counted_apart_through_a_failed_look() {
+    let env = env().await;
+    stage(
+        &env,
+        vec![NewRecord::command("agg", "settle", serde_json::json!({}))],
+    )
+    .await;
+    let soon = Duration::from_millis(1);
+    let handler = Arc::new(Scripted {
+        script: Mutex::new(
+            [
+                Some(DeliveryError::NotYet {
+                    reason: "pending".into(),
+                    retry_after: soon,
+                }),
+                Some(DeliveryError::Transient("look-up timed out".into())),
+                Some(DeliveryError::Unavailable {
+                    reason: "breaker open".into(),
+                    retry_after: soon,
+                }),
+            ]
+            .into(),
+        ),
+    });
+    let relay = Relay::new(env.outbox.clone(), test_relay(&env)).with_handler("settle", handler);
+    for _ in 0..3 {
+        relay.run_once().await.expect("a look");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stats = env.outbox.stats().await.expect("stats");
+        assert_eq!(
+            (stats.pending, stats.deferred),
+            (1, 1),
+            "still waiting on purpose"
+        );
+        assert_eq!(stats.oldest_pending_age, Duration::ZERO, "{stats:?}");
+    }
+    env.db.drop().await.ok();
+}
+
 #[tokio::test]
 async fn a_command_not_settled_yet_is_looked_at_again_later_without_counting_an_attempt() {
     let env = env().await;

@@ -5,11 +5,11 @@
 //! change nothing). Orders paid recently are checked too, with the list of
 //! every payment made with their reference: a checkout page paid twice
 //! leaves a payment the order cannot take, which is refunded in full. An
-//! order is watched for as long as its checkout page takes payments
-//! (`session_duration`, sent with the link) plus the longest wait between
-//! checks: after that no payment can come. One instance checks an order at
-//! a time: the schedule in `payment_checks` is advanced atomically by
-//! whoever takes the check.
+//! order is watched for as long as any checkout page can take payments
+//! (Flutterwave's longest `session_duration`, whatever this instance sends)
+//! plus the longest wait between checks: no payment can start after that.
+//! One instance checks an order at a time: the schedule in `payment_checks`
+//! is advanced atomically by whoever takes the check.
 
 use super::flutterwave::{Flutterwave, ProviderError};
 use super::settle::{Settled, settle};
@@ -41,8 +41,6 @@ pub struct ReconcileSettings {
     pub growth: f64,
     /// Longest wait between two checks.
     pub max_delay: Duration,
-    /// How long a checkout page takes payments (its `session_duration`).
-    pub session: Duration,
     /// Most orders checked by one sweep; the rest wait for the next.
     pub batch: usize,
     /// Checks one instance runs at once. At least 1.
@@ -53,13 +51,20 @@ pub struct ReconcileSettings {
     pub rate_per_second: u32,
 }
 
+/// Flutterwave's longest checkout session (`session_duration`, minutes).
+pub const LONGEST_SESSION: Duration = Duration::from_secs(1_440 * 60);
+
 impl ReconcileSettings {
-    /// How long after its checkout an order is checked: until its page
-    /// stops taking payments, then one full wait between checks so a
-    /// payment in the page's last minute still gets a check after it, and
-    /// a second wait of slack for a sweep running late.
+    /// How long after its checkout an order is checked: until any page
+    /// stops taking payments (the longest session, not the one configured
+    /// now: links made under a longer setting are still out there), then one
+    /// full wait between checks so a payment in the page's last minute still
+    /// gets a check after it, and a second wait of slack for a sweep running
+    /// late.
     pub fn watch(&self) -> Duration {
-        self.session + self.max_delay * 2 + self.interval
+        LONGEST_SESSION
+            .saturating_add(self.max_delay.saturating_mul(2))
+            .saturating_add(self.interval)
     }
 }
 
@@ -157,8 +162,12 @@ impl Reconciler {
     /// client's own rate limit and breaker.
     pub async fn sweep(&self) -> Result<SweepOutcome, OrderError> {
         let now = chrono::Utc::now();
+        // Ages past what chrono holds reach back to its first day.
         let at = |age: Duration| {
-            (now - chrono::Duration::from_std(age).unwrap_or_default())
+            chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         };
         // Checkout and payment times are stored as RFC 3339 text in UTC,
@@ -188,9 +197,13 @@ impl Reconciler {
                 doc! {
                     "flutterwave.transactionId": { "$ne": null },
                     // Paid no earlier than its checkout was made, so this
-                    // bounds the scan; the checkout's age decides.
+                    // bounds the scan; the checkout's age decides, where
+                    // the order has one.
                     "flutterwave.paidAt": { "$gte": &oldest, "$lte": &newest },
-                    "flutterwave.checkoutAt": { "$gte": &oldest },
+                    "$or": [
+                        { "flutterwave.checkoutAt": { "$gte": &oldest } },
+                        { "flutterwave.checkoutAt": null },
+                    ],
                 },
                 "flutterwave.paidAt",
             )
@@ -204,24 +217,48 @@ impl Reconciler {
             .into_iter()
             .filter(|(_, key)| !waiting.contains(key))
             .take(self.settings.batch);
-        futures::stream::iter(due)
+        // One check's failure is its own: the others in flight go on.
+        let outcome = futures::stream::iter(due)
             .map(|(order_id, key)| async move { self.check_due(&order_id, &key).await })
             .buffer_unordered(self.settings.concurrency.max(1))
-            .try_fold(SweepOutcome::default(), |mut outcome, checked| async move {
+            .fold(SweepOutcome::default(), |mut outcome, checked| async move {
                 if let Some(checked) = checked {
                     outcome.checked += 1;
                     outcome.paid += u64::from(checked == Checked::Paid);
                     outcome.strays += u64::from(checked == Checked::Stray);
                 }
-                Ok(outcome)
+                outcome
             })
-            .await
+            .await;
+        Ok(outcome)
     }
 
     /// Checks one due order unless another instance took the check or the
-    /// order changed phase since it was listed.
-    async fn check_due(&self, order_id: &str, key: &str) -> Result<Option<Checked>, OrderError> {
-        // Read just before its check: the checks before it take time.
+    /// order changed phase since it was listed; a failure is logged and
+    /// counted, never passed on.
+    async fn check_due(&self, order_id: &str, key: &str) -> Option<Checked> {
+        let checked = match self.try_check(order_id, key).await {
+            Ok(None) => return None,
+            Ok(Some(checked)) => checked,
+            Err(e) => {
+                tracing::warn!(order_id, error = %e, "reconciliation check failed");
+                Checked::Failed
+            }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .families()
+                .reconcile_checks
+                .with_label_values(&[checked.label()])
+                .inc();
+        }
+        Some(checked)
+    }
+
+    async fn try_check(&self, order_id: &str, key: &str) -> Result<Option<Checked>, OrderError> {
+        // Paced before the order is read, and read just before its check:
+        // the checks before it take time.
+        self.pace.until_ready().await;
         let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
             return Ok(None);
         };
@@ -236,38 +273,20 @@ impl Reconciler {
         {
             return Ok(None);
         }
-        self.pace.until_ready().await;
         if !self.take_check(key).await? {
             return Ok(None);
         }
-        let result = if paid {
-            self.check_paid(&order).await.map(|strays| {
-                if strays > 0 {
-                    Checked::Stray
-                } else {
-                    Checked::Pending
-                }
-            })
+        Ok(Some(if paid {
+            if self.check_paid(&order).await? > 0 {
+                Checked::Stray
+            } else {
+                Checked::Pending
+            }
+        } else if self.check(&order).await? {
+            Checked::Paid
         } else {
-            self.check(&order).await.map(|found| {
-                if found {
-                    Checked::Paid
-                } else {
-                    Checked::Pending
-                }
-            })
-        };
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .families()
-                .reconcile_checks
-                .with_label_values(&[result.as_ref().map_or("failed", |c| c.label())])
-                .inc();
-        }
-        Ok(Some(result.unwrap_or_else(|e| {
-            tracing::warn!(order_id = %order.order_id, error = %e, "reconciliation check failed");
-            Checked::Failed
-        })))
+            Checked::Pending
+        }))
     }
 
     /// The ids of the orders matching `filter`, newest `by` first (recent
@@ -456,7 +475,6 @@ mod tests {
             first_delay: Duration::from_secs(300),
             growth: 2.0,
             max_delay: Duration::from_secs(3600),
-            session: Duration::from_secs(86_400),
             batch: 500,
             concurrency: 4,
             rate_per_second: 5,
@@ -465,7 +483,12 @@ mod tests {
             .map(|n| next_delay(&settings, n).as_secs())
             .collect();
         assert_eq!(delays, vec![600, 1200, 2400, 3600, 3600]);
-        // A day's page, then two hour-long waits and one sweep interval.
+        // The longest page, then two hour-long waits and one sweep interval.
         assert_eq!(settings.watch().as_secs(), 86_400 + 7_200 + 30);
+        let huge = ReconcileSettings {
+            max_delay: Duration::MAX,
+            ..settings
+        };
+        assert_eq!(huge.watch(), Duration::MAX, "saturates, never wraps");
     }
 }

