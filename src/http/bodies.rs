@@ -53,7 +53,8 @@ pub struct NotificationReply {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PaymentLink {
     pub message: String,
-    /// Open it in the buyer's browser; the same link on every request.
+    /// Open it in the buyer's browser; the same link on every request
+    /// while its page takes payments, a new one after.
     pub link: String,
 }
 

@@ -468,7 +468,8 @@ impl Orders {
                 .checkout_claim
                 .as_ref()
                 .is_some_and(|c| c.until > now);
-            if order.flutterwave.checkout_link.is_some() || claimed {
+            // An expired link is replaced: its page takes no more payments.
+            if order.flutterwave.live_checkout_link(now).is_some() || claimed {
                 return Ok(Decision::Unchanged);
             }
             let mut next = order.clone();
@@ -506,21 +507,24 @@ impl Orders {
         .await
     }
 
-    /// Stores the link obtained under our claim (first link wins).
+    /// Stores the link obtained under our claim (first live link wins),
+    /// whose page takes payments until `expires_at`.
     pub async fn store_checkout_link(
         &self,
         actor: &Actor,
         order_id: &str,
         link: &str,
+        expires_at: DateTime<Utc>,
     ) -> Result<Order, OrderError> {
         let link = link.to_string();
         self.change(order_id, actor, move |order, _, now| {
-            if order.flutterwave.checkout_link.is_some() {
+            if order.flutterwave.live_checkout_link(now).is_some() {
                 return Ok(Decision::Unchanged);
             }
             let mut next = order.clone();
             next.flutterwave.checkout_link = Some(link.clone());
             next.flutterwave.checkout_at = Some(now);
+            next.flutterwave.checkout_expires_at = Some(expires_at);
             next.flutterwave.checkout_claim = None;
             Ok(Decision::bookkeeping(next))
         })

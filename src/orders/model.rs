@@ -107,15 +107,29 @@ pub struct Payment {
     pub fee: Option<f64>,
     pub amount_paid: Option<f64>,
     pub paid_at: Option<String>,
-    /// The hosted payment link, asked for once and then reused.
+    /// The hosted payment link, asked for once and reused while its page
+    /// takes payments.
     pub checkout_link: Option<String>,
     /// When the link was created; reconciliation counts from it.
     #[serde(default)]
     pub checkout_at: Option<DateTime<Utc>>,
+    /// When the link's page stops taking payments (its `session_duration`);
+    /// none for links made before sessions were sent, which are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout_expires_at: Option<DateTime<Utc>>,
     /// Who is asking Flutterwave for the link right now, so that concurrent
     /// first requests make one provider call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkout_claim: Option<CheckoutClaim>,
+}
+
+impl Payment {
+    /// The checkout link, while its page still takes payments at `now`.
+    pub fn live_checkout_link(&self, now: DateTime<Utc>) -> Option<&str> {
+        self.checkout_link
+            .as_deref()
+            .filter(|_| self.checkout_expires_at.is_none_or(|end| end > now))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -306,6 +320,25 @@ impl Notification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkout_link_is_live_until_its_page_ends() {
+        let now = Utc::now();
+        let mut payment = Payment {
+            checkout_link: Some("https://pay/1".into()),
+            ..Payment::default()
+        };
+        assert_eq!(
+            payment.live_checkout_link(now),
+            Some("https://pay/1"),
+            "no end known: kept"
+        );
+        payment.checkout_expires_at = Some(now + chrono::Duration::minutes(1));
+        assert_eq!(payment.live_checkout_link(now), Some("https://pay/1"));
+        payment.checkout_expires_at = Some(now);
+        assert_eq!(payment.live_checkout_link(now), None, "ended");
+        assert_eq!(Payment::default().live_checkout_link(now), None);
+    }
 
     fn refund(status: RefundStatus, id: Option<&str>) -> Refund {
         Refund {

@@ -1,7 +1,10 @@
-//! Hosted checkout: one Flutterwave payment link per order, asked for once.
-//! Concurrent first requests race for a short claim on the order; the winner
-//! calls Flutterwave, the others wait for the link it stores. With several
-//! instances the claim lives in the database, so it holds across them.
+//! Hosted checkout: one Flutterwave payment link per order at a time, asked
+//! for once and reused while its page takes payments (its
+//! `session_duration`); after that a new one is asked for, with the same
+//! `tx_ref`. Concurrent requests for a link race for a short claim on the
+//! order; the winner calls Flutterwave, the others wait for the link it
+//! stores. With several instances the claim lives in the database, so it
+//! holds across them.
 
 use super::flutterwave::{Customer, Customizations, Flutterwave, PaymentLinkRequest};
 use super::provider_error;
@@ -52,8 +55,8 @@ impl Checkout {
                     chrono::Duration::seconds(CLAIM_HOLD_SECS),
                 )
                 .await?;
-            if let Some(link) = &order.flutterwave.checkout_link {
-                return Ok(link.clone());
+            if let Some(link) = order.flutterwave.live_checkout_link(chrono::Utc::now()) {
+                return Ok(link.to_string());
             }
             if order
                 .flutterwave
@@ -100,14 +103,20 @@ impl Checkout {
             // taking payments; without a session the page might outlive it.
             session_duration: self.session.as_secs().div_ceil(60),
         };
+        // The session starts when Flutterwave makes the page, a little
+        // before the answer comes: counted from before the call, the stored
+        // end is never later than the real one.
+        let asked_at = chrono::Utc::now();
         let link = self
             .flutterwave
             .create_payment_link(&request)
             .await
             .map_err(provider_error)?;
+        let expires_at =
+            asked_at + chrono::Duration::from_std(self.session).unwrap_or(chrono::Duration::zero());
         let stored = self
             .orders
-            .store_checkout_link(actor, &order.order_id, &link)
+            .store_checkout_link(actor, &order.order_id, &link, expires_at)
             .await?;
         Ok(stored.flutterwave.checkout_link.unwrap_or(link))
     }

@@ -87,6 +87,15 @@ async fn checkout_asks_flutterwave_once_however_often_it_is_asked() {
         Some(1440),
         "the page takes payments for as long as the sweep watches it"
     );
+    let stored = app.get("kim", &id).await.body["order"]["flutterwave"].clone();
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(stored[field].as_str().unwrap()).unwrap()
+    };
+    let lasts = at("checkoutExpiresAt") - at("checkoutAt");
+    assert!(
+        (23 * 60..=24 * 60).contains(&lasts.num_minutes()),
+        "the order knows when its page ends: {stored}"
+    );
     assert_eq!(
         checkout(&app, "lee", &id).await.status,
         StatusCode::FORBIDDEN,
@@ -535,5 +544,51 @@ async fn an_order_that_cannot_be_checked_does_not_stop_the_sweep_for_the_others(
         !text.contains(r#"payment_reconcile_checks_total{outcome="failed"} 0"#),
         "the unreadable order's check counted as failed: {text}"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_link_whose_session_ended_is_replaced_by_a_new_one_for_the_same_reference() {
+    let app = spawn_app().await;
+    let sim = app.sim.sim();
+    let id = oid();
+    let order = app.new_order(&id, "abe", "bea", 250.0).await;
+    let tx_ref = order["flutterwave"]["txRef"].as_str().unwrap().to_string();
+    let first = checkout(&app, "abe", &id).await.body["link"].clone();
+    // The buyer comes back after the page's session: Flutterwave's page and
+    // the order's record of it have both ended.
+    sim.expire_payment_link(&tx_ref).expect("expired");
+    let ended = (chrono::Utc::now() - chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    app.db
+        .collection::<bson::Document>("orders")
+        .update_one(
+            bson::doc! { "orderId": &id },
+            bson::doc! { "$set": { "flutterwave.checkoutExpiresAt": ended } },
+        )
+        .await
+        .expect("session ended");
+    let renewed = checkout(&app, "abe", &id).await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.body);
+    let second = renewed.body["link"].clone();
+    assert_ne!(second, first, "a new page, not the dead one");
+    assert_eq!(checkout(&app, "abe", &id).await.body["link"], second);
+    assert_eq!(sim.calls().payments, 2, "one call per page");
+    let links = sim.payment_links();
+    assert!(links.iter().all(|l| l.tx_ref == tx_ref), "{links:?}");
+    // The new page takes the payment, which pays the order.
+    let payment = sim
+        .pay_link(
+            &tx_ref,
+            PayOptions {
+                lose_webhook: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("paid on the new page");
+    let paid = app.verify("abe", payment.id, &tx_ref).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!(paid.body["order"]["status"], "PROCESSING");
     app.shutdown().await;
 }

@@ -278,7 +278,8 @@ pub async fn verify(
     Ok(order_response("Payment verified successfully.", order))
 }
 
-/// The hosted Flutterwave payment link; asking again returns the same link.
+/// The hosted Flutterwave payment link; asking again returns the same link
+/// while its page takes payments, then a new one for the same reference.
 #[utoipa::path(
     post,
     path = "/api/v1/order/{orderId}/checkout",
