@@ -363,6 +363,20 @@ impl Config {
                 })
             }
         };
+        // The sweep shares the Flutterwave rate limit (at least 1 a second)
+        // with buyers' checkouts and verifies, who keep at least half of it.
+        let flutterwave_rate: u32 = vars.parse("FLUTTERWAVE_RATE_PER_SEC", 20)?;
+        let reconcile_rate = vars.count("RECONCILE_RATE_PER_SEC", 5u32)?;
+        let sweep_share = flutterwave_rate.max(1).div_ceil(2);
+        if reconcile_rate > sweep_share {
+            return Err(ConfigError {
+                variable: "RECONCILE_RATE_PER_SEC",
+                reason: format!(
+                    "must be at most {sweep_share}, half of FLUTTERWAVE_RATE_PER_SEC \
+                     rounded up: buyers' checkouts and verifies keep the rest"
+                ),
+            });
+        }
         let enable_apm = vars.flag("ENABLE_APM")?;
         let elastic_apm_server_url = vars.optional_url("ELASTIC_APM_SERVER_URL")?;
         if enable_apm && elastic_apm_server_url.is_none() {
@@ -398,7 +412,7 @@ impl Config {
             refund_recheck: Duration::from_millis(vars.count("REFUND_RECHECK_MS", 300_000)?),
             flutterwave_limits: FlutterwaveLimits {
                 max_concurrency: vars.parse("FLUTTERWAVE_MAX_CONCURRENCY", 16)?,
-                rate_per_second: vars.parse("FLUTTERWAVE_RATE_PER_SEC", 20)?,
+                rate_per_second: flutterwave_rate,
                 rate_burst: vars.parse("FLUTTERWAVE_RATE_BURST", 20)?,
                 rate_max_wait: Duration::from_millis(
                     vars.parse("FLUTTERWAVE_RATE_MAX_WAIT_MS", 1_000)?,
@@ -445,7 +459,7 @@ impl Config {
                 max_delay: Duration::from_secs(vars.parse("RECONCILE_MAX_DELAY_SECS", 3_600)?),
                 batch: vars.count("RECONCILE_BATCH", 500usize)?,
                 concurrency: vars.count("RECONCILE_CONCURRENCY", 4usize)?,
-                rate_per_second: vars.count("RECONCILE_RATE_PER_SEC", 5u32)?,
+                rate_per_second: reconcile_rate,
             },
             review_prefetch: match vars.parse("REVIEW_PREFETCH", 20u16)? {
                 0 => {
@@ -734,19 +748,20 @@ mod tests {
         let set = config(&[
             ("CHECKOUT_SESSION_MINUTES", "90"),
             ("RECONCILE_CONCURRENCY", "2"),
-            ("RECONCILE_RATE_PER_SEC", "12"),
+            ("RECONCILE_RATE_PER_SEC", "8"),
         ])
         .expect("set");
         assert_eq!(set.checkout_session, Duration::from_secs(5_400));
         assert_eq!(
             (set.reconcile.concurrency, set.reconcile.rate_per_second),
-            (2, 12)
+            (2, 8)
         );
         for (variable, value) in [
             ("CHECKOUT_SESSION_MINUTES", "0"),
             ("CHECKOUT_SESSION_MINUTES", "1441"),
             ("RECONCILE_CONCURRENCY", "0"),
             ("RECONCILE_RATE_PER_SEC", "0"),
+            ("RECONCILE_RATE_PER_SEC", "11"),
             // Replaced by the session: a setting that no longer acts must not
             // look as if it did.
             ("RECONCILE_MAX_AGE_HOURS", "48"),

@@ -87,6 +87,8 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
 async fn a_burst_never_exceeds_the_rate_limit() {
     let app = spawn_app_with(env(&[
         ("FLUTTERWAVE_RATE_PER_SEC", "5"),
+        // At most half of it for the reconciliation sweep.
+        ("RECONCILE_RATE_PER_SEC", "2"),
         ("FLUTTERWAVE_RATE_BURST", "5"),
         ("FLUTTERWAVE_RATE_MAX_WAIT_MS", "0"),
         ("FLUTTERWAVE_READ_RETRIES", "0"),
