@@ -5,7 +5,7 @@
 //! defaults let `scripts/run.sh` work without editing anything; production
 //! refuses them.
 
-use crate::payments::reconcile::ReconcileSettings;
+use crate::payments::reconcile::{LONGEST_SESSION, ReconcileSettings};
 use std::fmt;
 use std::time::Duration;
 
@@ -317,12 +317,13 @@ impl Config {
         })?;
         // Up to Flutterwave's longest session, which the sweep watches
         // whatever is set here.
-        let checkout_session = match vars.parse("CHECKOUT_SESSION_MINUTES", 1_440u64)? {
-            minutes @ 1..=1_440 => Duration::from_secs(minutes * 60),
+        let longest = LONGEST_SESSION.as_secs() / 60;
+        let checkout_session = match vars.parse("CHECKOUT_SESSION_MINUTES", longest)? {
+            minutes if (1..=longest).contains(&minutes) => Duration::from_secs(minutes * 60),
             _ => {
                 return Err(ConfigError {
                     variable: "CHECKOUT_SESSION_MINUTES",
-                    reason: "must be from 1 to 1440 (Flutterwave's longest session)".into(),
+                    reason: format!("must be from 1 to {longest} (Flutterwave's longest session)"),
                 });
             }
         };
