@@ -32,8 +32,24 @@ fn sweeping_with(extra: &[(&'static str, &str)]) -> Options {
     }
 }
 
+/// A new order of `buyer`'s, with its checkout link made: its id and body.
+async fn checked_out(
+    app: &TestApp,
+    buyer: &str,
+    seller: &str,
+    price: f64,
+) -> (String, serde_json::Value) {
+    let id = oid();
+    let order = app.new_order(&id, buyer, seller, price).await;
+    assert_eq!(checkout(app, buyer, &id).await.status, StatusCode::OK);
+    (id, order)
+}
+
 /// Pays `order`'s checkout link in the simulator; its webhook is lost.
-async fn pay_losing_the_webhook(app: &TestApp, order: &serde_json::Value) {
+async fn pay_losing_the_webhook(
+    app: &TestApp,
+    order: &serde_json::Value,
+) -> flutterwave_sim::Transaction {
     app.sim
         .sim()
         .pay_link(
@@ -44,7 +60,7 @@ async fn pay_losing_the_webhook(app: &TestApp, order: &serde_json::Value) {
             },
         )
         .await
-        .expect("paid");
+        .expect("paid")
 }
 
 async fn checkout(app: &TestApp, user: &str, order_id: &str) -> Reply {
@@ -134,9 +150,7 @@ async fn checkout_is_refused_for_paid_and_cancelled_orders() {
 async fn the_sweep_pays_an_order_whose_webhook_was_lost() {
     let app = spawn_app_with(sweeping()).await;
     let tap = EventTap::start(&app).await;
-    let id = oid();
-    let order = app.new_order(&id, "oli", "pat", 300.0).await;
-    assert_eq!(checkout(&app, "oli", &id).await.status, StatusCode::OK);
+    let (id, order) = checked_out(&app, "oli", "pat", 300.0).await;
     pay_losing_the_webhook(&app, &order).await;
     tap.wait_until(Duration::from_secs(30), |_| {
         tap.for_order(&order).len() >= 3
@@ -178,16 +192,7 @@ async fn webhook_verify_route_and_sweep_racing_make_one_transition() {
         format!("{}/webhooks/flutterwave", app.address),
         WEBHOOK_HASH,
     );
-    let transaction = sim
-        .pay_link(
-            &tx_ref,
-            PayOptions {
-                lose_webhook: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("paid");
+    let transaction = pay_losing_the_webhook(&app, &order).await;
     let (webhooks, verify) = tokio::join!(
         sim.send_webhook(
             transaction.id,
@@ -236,9 +241,7 @@ async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
     .await;
     let sim = app.sim.sim();
     // The oldest checkout, paid with its webhook lost.
-    let id = oid();
-    let order = app.new_order(&id, "eli", "fox", 300.0).await;
-    assert_eq!(checkout(&app, "eli", &id).await.status, StatusCode::OK);
+    let (id, order) = checked_out(&app, "eli", "fox", 300.0).await;
     pay_losing_the_webhook(&app, &order).await;
     // Two newer unpaid checkouts, whose schedules say "in an hour", as if
     // they had just been checked.
@@ -273,9 +276,7 @@ async fn orders_checked_recently_do_not_keep_a_due_one_from_a_small_sweep() {
 #[tokio::test]
 async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
     let app = spawn_app_with(sweeping()).await;
-    let id = oid();
-    let order = app.new_order(&id, "gil", "hu", 400.0).await;
-    assert_eq!(checkout(&app, "gil", &id).await.status, StatusCode::OK);
+    let (id, order) = checked_out(&app, "gil", "hu", 400.0).await;
     assert_eq!(app.cancel("gil", &id).await.status, StatusCode::OK);
     // Paid on the page left open; the webhook is lost and the buyer's page
     // never verifies.
@@ -300,9 +301,7 @@ async fn the_sweep_refunds_a_payment_made_after_the_order_was_cancelled() {
 async fn the_sweep_refunds_a_second_payment_of_a_paid_order_when_both_webhooks_were_lost() {
     // However many checks come before the second payment, the next is near.
     let app = spawn_app_with(sweeping_with(&[("RECONCILE_MAX_DELAY_SECS", "1")])).await;
-    let id = oid();
-    let order = app.new_order(&id, "ivy", "jon", 300.0).await;
-    assert_eq!(checkout(&app, "ivy", &id).await.status, StatusCode::OK);
+    let (id, order) = checked_out(&app, "ivy", "jon", 300.0).await;
     pay_losing_the_webhook(&app, &order).await;
     let paid = app
         .order_until("ivy", &id, |o| o["status"] == "PROCESSING")
@@ -357,9 +356,7 @@ async fn age_checkout(app: &TestApp, order_id: &str, age: chrono::Duration) {
 #[tokio::test]
 async fn a_payment_in_the_last_minutes_of_a_checkout_session_is_still_found() {
     let app = spawn_app_with(sweeping()).await;
-    let id = oid();
-    let order = app.new_order(&id, "quin", "rae", 200.0).await;
-    assert_eq!(checkout(&app, "quin", &id).await.status, StatusCode::OK);
+    let (id, order) = checked_out(&app, "quin", "rae", 200.0).await;
     // The page was made 24 hours and 5 minutes ago, and paid just before its
     // session ended; the next check comes after the end.
     age_checkout(&app, &id, chrono::Duration::minutes(24 * 60 + 5)).await;
@@ -378,15 +375,11 @@ async fn a_checkout_whose_page_ended_long_ago_is_no_longer_checked() {
     let app = spawn_app_with(sweeping_with(&[("RECONCILE_FIRST_DELAY_SECS", "3")])).await;
     let checks = app.db.collection::<bson::Document>("payment_checks");
     // Past its page's 24 hours and the two hour-long waits after them.
-    let old = oid();
-    let old_order = app.new_order(&old, "sam", "tia", 200.0).await;
-    assert_eq!(checkout(&app, "sam", &old).await.status, StatusCode::OK);
+    let (old, old_order) = checked_out(&app, "sam", "tia", 200.0).await;
     age_checkout(&app, &old, chrono::Duration::minutes(26 * 60 + 5)).await;
     pay_losing_the_webhook(&app, &old_order).await;
     // A fresh one, checked by the same sweeps.
-    let fresh = oid();
-    let fresh_order = app.new_order(&fresh, "uma", "vic", 200.0).await;
-    assert_eq!(checkout(&app, "uma", &fresh).await.status, StatusCode::OK);
+    let (fresh, fresh_order) = checked_out(&app, "uma", "vic", 200.0).await;
     pay_losing_the_webhook(&app, &fresh_order).await;
     app.order_until("uma", &fresh, |o| o["status"] == "PROCESSING")
         .await;
@@ -516,9 +509,7 @@ async fn an_order_that_cannot_be_checked_does_not_stop_the_sweep_for_the_others(
     // One check at a time, newest first: the unreadable order comes first
     // in every sweep.
     let app = spawn_app_with(sweeping_with(&[("RECONCILE_CONCURRENCY", "1")])).await;
-    let id = oid();
-    let order = app.new_order(&id, "yan", "zoe", 120.0).await;
-    assert_eq!(checkout(&app, "yan", &id).await.status, StatusCode::OK);
+    let (id, order) = checked_out(&app, "yan", "zoe", 120.0).await;
     // A newer checkout whose document no longer reads as an order.
     let broken = oid();
     let just_now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -577,16 +568,7 @@ async fn a_link_whose_session_ended_is_replaced_by_a_new_one_for_the_same_refere
     let links = sim.payment_links();
     assert!(links.iter().all(|l| l.tx_ref == tx_ref), "{links:?}");
     // The new page takes the payment, which pays the order.
-    let payment = sim
-        .pay_link(
-            &tx_ref,
-            PayOptions {
-                lose_webhook: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("paid on the new page");
+    let payment = pay_losing_the_webhook(&app, &order).await;
     let paid = app.verify("abe", payment.id, &tx_ref).await;
     assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
     assert_eq!(paid.body["order"]["status"], "PROCESSING");
