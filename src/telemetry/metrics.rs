@@ -52,41 +52,39 @@ pub struct Families {
     pub dependency_up: IntGaugeVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Registers `metric`, built under `name`. Both steps fail only on a
+/// malformed or duplicate name: a programming error every test run catches.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(
+        registry,
+        name,
+        IntCounterVec::new(Opts::new(name, help), labels),
+    )
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let metric = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
-    )
-    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    metric
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    registered(registry, name, HistogramVec::new(opts, labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    metric
+    registered(registry, name, IntGauge::new(name, help))
 }
 
 fn seconds_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    let metric = Gauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    metric
+    registered(registry, name, Gauge::new(name, help))
 }
 
 impl Default for Metrics {
@@ -101,30 +99,33 @@ impl Metrics {
     /// panics rather than threading an error through start-up.
     pub fn new() -> Self {
         let r = Registry::new();
-        let rate_limited = IntCounter::new(
+        let rate_limited = registered(
+            &r,
             "flutterwave_rate_limited_total",
-            "Flutterwave calls refused by the local rate limit",
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        r.register(Box::new(rate_limited.clone()))
-            .unwrap_or_else(|e| panic!("metric: {e}"));
-        let dropped = IntCounter::new(
-            "log_lines_dropped_total",
-            "Log lines dropped because Elasticsearch was slow or down",
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        r.register(Box::new(dropped.clone()))
-            .unwrap_or_else(|e| panic!("metric: {e}"));
-        let dependency_up = IntGaugeVec::new(
-            Opts::new(
-                "dependency_up",
-                "1 when a dependency answered the last readiness check",
+            IntCounter::new(
+                "flutterwave_rate_limited_total",
+                "Flutterwave calls refused by the local rate limit",
             ),
-            &["dependency"],
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        r.register(Box::new(dependency_up.clone()))
-            .unwrap_or_else(|e| panic!("metric: {e}"));
+        );
+        let dropped = registered(
+            &r,
+            "log_lines_dropped_total",
+            IntCounter::new(
+                "log_lines_dropped_total",
+                "Log lines dropped because Elasticsearch was slow or down",
+            ),
+        );
+        let dependency_up = registered(
+            &r,
+            "dependency_up",
+            IntGaugeVec::new(
+                Opts::new(
+                    "dependency_up",
+                    "1 when a dependency answered its last check (a readiness probe or a scrape)",
+                ),
+                &["dependency"],
+            ),
+        );
         let families = Families {
             http_requests: counter(
                 &r,
