@@ -87,10 +87,6 @@ impl Ledger {
             Operation::HostedPay => c.hosted_pay += 1,
         }
         c.total += 1;
-        if op.is_api() {
-            self.in_flight += 1;
-            c.peak_in_flight = c.peak_in_flight.max(self.in_flight);
-        }
 
         let f = &mut self.faults;
         if !op.is_api() || f.only.is_some_and(|only| only != op) {
@@ -163,6 +159,15 @@ fn authorized(headers: &HeaderMap, secret_key: &str) -> bool {
 /// or its caller goes away.
 struct InFlight(Simulator);
 
+impl InFlight {
+    fn enter(sim: &Simulator) -> Self {
+        let mut state = sim.lock();
+        state.in_flight += 1;
+        state.calls.peak_in_flight = state.calls.peak_in_flight.max(state.in_flight);
+        Self(sim.clone())
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut state = self.0.lock();
@@ -177,7 +182,7 @@ pub(crate) async fn guard(
     next: Next,
 ) -> Response {
     let plan = app.sim.lock().admit(op);
-    let _in_flight = op.is_api().then(|| InFlight(app.sim.clone()));
+    let _in_flight = op.is_api().then(|| InFlight::enter(&app.sim));
     if !plan.latency.is_zero() {
         tokio::time::sleep(plan.latency).await;
     }

@@ -194,14 +194,7 @@ impl Simulator {
     /// "Time passes": the latest link made for `tx_ref` stops taking
     /// payments now, as it would at the end of its `session_duration`.
     pub fn expire_payment_link(&self, tx_ref: &str) -> Result<(), SimError> {
-        let mut state = self.lock();
-        let link = state
-            .links
-            .iter_mut()
-            .rev()
-            .find(|l| l.tx_ref == tx_ref)
-            .ok_or_else(|| SimError::UnknownPaymentLink(tx_ref.to_string()))?;
-        link.expires_at = Some(Utc::now());
+        latest_link(&mut self.lock().links, tx_ref)?.expires_at = Some(Utc::now());
         Ok(())
     }
 
@@ -210,14 +203,7 @@ impl Simulator {
     /// Webhook failures do not fail the payment (Flutterwave charges regardless); they are
     /// logged and visible in `webhook_deliveries()`.
     pub async fn pay_link(&self, tx_ref: &str, opts: PayOptions) -> Result<Transaction, SimError> {
-        let link = self
-            .lock()
-            .links
-            .iter()
-            .rev()
-            .find(|l| l.tx_ref == tx_ref)
-            .cloned()
-            .ok_or_else(|| SimError::UnknownPaymentLink(tx_ref.to_string()))?;
+        let link = latest_link(&mut self.lock().links, tx_ref)?.clone();
         if link.expired(Utc::now()) {
             return Err(SimError::ExpiredPaymentLink(tx_ref.to_string()));
         }
@@ -324,4 +310,16 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         self.stop.send_replace(true);
     }
+}
+
+/// The latest link made for `tx_ref`.
+fn latest_link<'a>(
+    links: &'a mut [PaymentLink],
+    tx_ref: &str,
+) -> Result<&'a mut PaymentLink, SimError> {
+    links
+        .iter_mut()
+        .rev()
+        .find(|l| l.tx_ref == tx_ref)
+        .ok_or_else(|| SimError::UnknownPaymentLink(tx_ref.to_string()))
 }

@@ -10,6 +10,7 @@ use futures::future::try_join_all;
 use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 /// Set on a record once it waits on purpose (`DeliveryError::NotYet`) and
@@ -101,10 +102,12 @@ impl Outbox {
             IndexModel::builder()
                 .keys(doc! { "status": 1, "nextAttemptAt": 1 })
                 .build(),
-            // Records waiting on purpose, oldest first, for `stats`; sparse,
-            // as only records that ever waited carry the mark.
+            // Records waiting on purpose, for `stats`. Sparse on the mark
+            // alone, as only records that ever waited carry it: a compound
+            // sparse index would take every record, which has `createdAt`.
+            // The few it holds are sorted by age in memory.
             IndexModel::builder()
-                .keys(doc! { DEFERRED: 1, "createdAt": 1 })
+                .keys(doc! { DEFERRED: 1 })
                 .options(IndexOptions::builder().sparse(true).build())
                 .build(),
             // Per-aggregate delivery in order; unique so a seq is never reused.
@@ -270,29 +273,36 @@ impl Outbox {
         Ok(result.modified_count)
     }
 
+    /// Backlog figures, read in one round of concurrent queries: a scrape
+    /// or a readiness probe waits for the slowest, not for their sum.
     pub async fn stats(&self) -> Result<OutboxStats> {
-        let pending = self
-            .records
-            .count_documents(doc! { "status": "pending" })
-            .await?;
-        let parked = self
-            .records
-            .count_documents(doc! { "status": "parked" })
-            .await?;
-        // A record waiting on purpose (`NotYet`) is not late: left out, so
-        // that a refund settling for days does not read as a stuck outbox.
-        let oldest = self
-            .records
-            .find_one(doc! { "status": "pending", DEFERRED: { "$ne": true } })
-            .sort(doc! { "status": 1, "nextAttemptAt": 1 })
-            .await?;
         let waiting = doc! { DEFERRED: true, "status": "pending" };
-        let deferred = self.records.count_documents(waiting.clone()).await?;
-        let oldest_deferred = self
-            .records
-            .find_one(waiting)
-            .sort(doc! { DEFERRED: 1, "createdAt": 1 })
-            .await?;
+        // Only the few records that waited carry the mark: its own index.
+        let by_mark = doc! { DEFERRED: 1 };
+        let (pending, parked, oldest, deferred, oldest_deferred) = futures::try_join!(
+            self.records
+                .count_documents(doc! { "status": "pending" })
+                .into_future(),
+            self.records
+                .count_documents(doc! { "status": "parked" })
+                .into_future(),
+            // A record waiting on purpose (`NotYet`) is not late: left out,
+            // so that a refund settling for days does not read as a stuck
+            // outbox.
+            self.records
+                .find_one(doc! { "status": "pending", DEFERRED: { "$ne": true } })
+                .sort(doc! { "status": 1, "nextAttemptAt": 1 })
+                .into_future(),
+            self.records
+                .count_documents(waiting.clone())
+                .hint(mongodb::options::Hint::Keys(by_mark.clone()))
+                .into_future(),
+            self.records
+                .find_one(waiting)
+                .sort(doc! { "createdAt": 1 })
+                .hint(mongodb::options::Hint::Keys(by_mark))
+                .into_future(),
+        )?;
         let age = |r: Option<OutboxRecord>| {
             r.map(|r| {
                 let age = DateTime::now().timestamp_millis() - r.created_at.timestamp_millis();

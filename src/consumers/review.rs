@@ -323,13 +323,9 @@ fn worth_holding(error: &OrderError) -> bool {
         OrderError::Database(e) | OrderError::Outbox(outbox::Error::Mongo(e)) => e,
         _ => return false,
     };
+    // `is_transient` covers lost connections and write conflicts.
     outbox::transaction::is_transient(driver)
-        || matches!(
-            driver.kind.as_ref(),
-            ErrorKind::ServerSelection { .. }
-                | ErrorKind::Io(_)
-                | ErrorKind::ConnectionPoolCleared { .. }
-        )
+        || matches!(driver.kind.as_ref(), ErrorKind::ServerSelection { .. })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub const REFUND_COMMAND: &str = "flutterwave.refund";
 /// The outbox aggregate of the refund of one payment of an order: one
 /// still settling holds back neither the order's events nor the refund of
 /// another payment.
-pub fn refund_aggregate(order_id: &str, transaction_id: &str) -> String {
+fn refund_aggregate(order_id: &str, transaction_id: &str) -> String {
     format!("refund:{order_id}:{transaction_id}")
 }
 
@@ -143,34 +143,40 @@ impl<'a> Emitter<'a> {
             json!({ "type": "cancel-order", "buyerId": o.buyer_id, "purchasedGigs": o.gig_id }),
         );
         if let Some(amount) = refund {
-            self.refund(json!({
-                "orderId": o.order_id,
-                "transactionId": o.flutterwave.transaction_id,
-                "amount": amount,
-                "currency": o.currency,
-            }));
+            let paid_with = o.flutterwave.transaction_id.as_deref().unwrap_or_default();
+            self.refund(
+                paid_with,
+                json!({
+                    "orderId": o.order_id,
+                    "transactionId": o.flutterwave.transaction_id,
+                    "amount": amount,
+                    "currency": o.currency,
+                }),
+            );
         }
     }
 
     /// A payment the order could not take: refunded in full, by the same
     /// command as a cancellation's refund.
     pub fn stray_payment(&mut self, stray: &StrayPayment) {
-        self.refund(json!({
-            "orderId": self.order.order_id,
-            "transactionId": stray.transaction_id,
-            "amount": stray.amount,
-            "currency": stray.currency,
-            "stray": true,
-        }));
+        self.refund(
+            &stray.transaction_id,
+            json!({
+                "orderId": self.order.order_id,
+                "transactionId": stray.transaction_id,
+                "amount": stray.amount,
+                "currency": stray.currency,
+                "stray": true,
+            }),
+        );
     }
 
     /// Each refund forms its own aggregate: one still settling at
     /// Flutterwave (looked at again for as long as it takes) holds nothing
     /// else back, as the relay stops an aggregate at its first undelivered
     /// record.
-    fn refund(&mut self, body: Value) {
-        let transaction = body["transactionId"].as_str().unwrap_or_default();
-        let aggregate = refund_aggregate(&self.order.order_id, transaction);
+    fn refund(&mut self, transaction_id: &str, body: Value) {
+        let aggregate = refund_aggregate(&self.order.order_id, transaction_id);
         self.push(NewRecord::command(&aggregate, REFUND_COMMAND, body));
     }
 

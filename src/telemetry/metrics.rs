@@ -79,6 +79,10 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
     registered(registry, name, HistogramVec::new(opts, labels))
 }
 
+fn int_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, name, IntCounter::new(name, help))
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     registered(registry, name, IntGauge::new(name, help))
 }
@@ -99,21 +103,15 @@ impl Metrics {
     /// panics rather than threading an error through start-up.
     pub fn new() -> Self {
         let r = Registry::new();
-        let rate_limited = registered(
+        let rate_limited = int_counter(
             &r,
             "flutterwave_rate_limited_total",
-            IntCounter::new(
-                "flutterwave_rate_limited_total",
-                "Flutterwave calls refused by the local rate limit",
-            ),
+            "Flutterwave calls refused by the local rate limit",
         );
-        let dropped = registered(
+        let dropped = int_counter(
             &r,
             "log_lines_dropped_total",
-            IntCounter::new(
-                "log_lines_dropped_total",
-                "Log lines dropped because Elasticsearch was slow or down",
-            ),
+            "Log lines dropped because Elasticsearch was slow or down",
         );
         let dependency_up = registered(
             &r,
