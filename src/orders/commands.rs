@@ -536,9 +536,10 @@ impl Orders {
     pub async fn record_refund(
         &self,
         order_id: &str,
-        stray: Option<String>,
+        stray: Option<&str>,
         outcome: Refund,
     ) -> Result<Order, OrderError> {
+        let stray = stray.map(String::from);
         let actor = Actor {
             username: String::new(),
             correlation_id: None,
@@ -546,19 +547,14 @@ impl Orders {
         };
         self.change(order_id, &actor, move |order, _, _| {
             let mut next = order.clone();
-            let slot = match &stray {
+            if stray.is_none() && next.refund.is_none() {
                 // An order cancelled before refunds were recorded on it.
-                None => Some(&mut *next.refund.get_or_insert_with(|| Refund {
+                next.refund = Some(Refund {
                     status: RefundStatus::Pending,
                     ..outcome.clone()
-                })),
-                Some(transaction) => next
-                    .stray_payments
-                    .iter_mut()
-                    .find(|s| &s.transaction_id == transaction)
-                    .map(|s| &mut s.refund),
-            };
-            let Some(refund) = slot else {
+                });
+            }
+            let Some(refund) = next.refund_for_mut(stray.as_deref()) else {
                 return Err(OrderError::NotFoundWhat("the order owes no such refund"));
             };
             if !refund.may_become(&outcome) {

@@ -237,6 +237,31 @@ pub enum Party {
 }
 
 impl Order {
+    /// The refund of the stray payment `stray` names, or the order's own
+    /// (its cancellation's) when `None`.
+    pub fn refund_for(&self, stray: Option<&str>) -> Option<&Refund> {
+        match stray {
+            None => self.refund.as_ref(),
+            Some(transaction) => self
+                .stray_payments
+                .iter()
+                .find(|s| s.transaction_id == transaction)
+                .map(|s| &s.refund),
+        }
+    }
+
+    /// As [`Order::refund_for`], to change it.
+    pub fn refund_for_mut(&mut self, stray: Option<&str>) -> Option<&mut Refund> {
+        match stray {
+            None => self.refund.as_mut(),
+            Some(transaction) => self
+                .stray_payments
+                .iter_mut()
+                .find(|s| s.transaction_id == transaction)
+                .map(|s| &mut s.refund),
+        }
+    }
+
     /// Whether `transaction_id` is the payment the order was paid with.
     pub fn paid_with(&self, transaction_id: &str) -> bool {
         self.flutterwave.transaction_id.as_deref() == Some(transaction_id)

@@ -89,11 +89,7 @@ impl Payments {
         match settle::settle(&self.orders, actor, &order, &transaction).await? {
             Settled::Paid(order) => Ok(order),
             Settled::Refunding(order) => {
-                let refund = order
-                    .stray_payments
-                    .iter()
-                    .find(|s| s.transaction_id == transaction_id)
-                    .map(|s| s.refund.status);
+                let refund = order.refund_for(Some(transaction_id)).map(|r| r.status);
                 let fate = match refund {
                     Some(RefundStatus::Completed) => "was refunded in full",
                     Some(RefundStatus::Failed) => {

@@ -68,6 +68,26 @@ impl ReconcileSettings {
     }
 }
 
+/// An order listed by a sweep, in the phase it was listed for.
+struct Due {
+    order_id: String,
+    /// Listed as paid: checked for further payments, not for its first.
+    paid: bool,
+}
+
+impl Due {
+    /// Its schedule's id in `payment_checks`. Each phase has its own, so a
+    /// paid order's checks are counted from its payment, not from the
+    /// checks it had while unpaid.
+    fn schedule_id(&self) -> String {
+        if self.paid {
+            format!("paid:{}", self.order_id)
+        } else {
+            self.order_id.clone()
+        }
+    }
+}
+
 /// What one check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Checked {
@@ -175,9 +195,7 @@ impl Reconciler {
         // digits vary).
         let newest = at(self.settings.first_delay);
         let oldest = at(self.settings.watch());
-        // Each phase has its own schedule: a paid order's is counted from
-        // its payment, not from the checks it had while unpaid.
-        let mut candidates: Vec<(String, String)> = self
+        let mut candidates: Vec<Due> = self
             .candidates(
                 doc! {
                     // Cancelled ones too: their checkout page stays payable,
@@ -190,7 +208,10 @@ impl Reconciler {
             )
             .await?
             .into_iter()
-            .map(|id| (id.clone(), id))
+            .map(|order_id| Due {
+                order_id,
+                paid: false,
+            })
             .collect();
         candidates.extend(
             self.candidates(
@@ -209,17 +230,20 @@ impl Reconciler {
             )
             .await?
             .into_iter()
-            .map(|id| (id.clone(), format!("paid:{id}"))),
+            .map(|order_id| Due {
+                order_id,
+                paid: true,
+            }),
         );
-        let keys: Vec<String> = candidates.iter().map(|(_, key)| key.clone()).collect();
-        let waiting = self.not_yet_due(&keys).await?;
+        let schedules: Vec<String> = candidates.iter().map(Due::schedule_id).collect();
+        let waiting = self.not_yet_due(&schedules).await?;
         let due = candidates
             .into_iter()
-            .filter(|(_, key)| !waiting.contains(key))
+            .filter(|due| !waiting.contains(&due.schedule_id()))
             .take(self.settings.batch);
         // One check's failure is its own: the others in flight go on.
         let outcome = futures::stream::iter(due)
-            .map(|(order_id, key)| async move { self.check_due(&order_id, &key).await })
+            .map(|due| async move { self.check_due(&due).await })
             .buffer_unordered(self.settings.concurrency.max(1))
             .fold(SweepOutcome::default(), |mut outcome, checked| async move {
                 if let Some(checked) = checked {
@@ -236,12 +260,12 @@ impl Reconciler {
     /// Checks one due order unless another instance took the check or the
     /// order changed phase since it was listed; a failure is logged and
     /// counted, never passed on.
-    async fn check_due(&self, order_id: &str, key: &str) -> Option<Checked> {
-        let checked = match self.try_check(order_id, key).await {
+    async fn check_due(&self, due: &Due) -> Option<Checked> {
+        let checked = match self.try_check(due).await {
             Ok(None) => return None,
             Ok(Some(checked)) => checked,
             Err(e) => {
-                tracing::warn!(order_id, error = %e, "reconciliation check failed");
+                tracing::warn!(order_id = %due.order_id, error = %e, "reconciliation check failed");
                 Checked::Failed
             }
         };
@@ -255,16 +279,16 @@ impl Reconciler {
         Some(checked)
     }
 
-    async fn try_check(&self, order_id: &str, key: &str) -> Result<Option<Checked>, OrderError> {
+    async fn try_check(&self, due: &Due) -> Result<Option<Checked>, OrderError> {
         // Paced before the order is read, and read just before its check:
         // the checks before it take time.
         self.pace.until_ready().await;
-        let Some(order) = self.orders.repository().by_order_id(order_id).await? else {
+        let Some(order) = self.orders.repository().by_order_id(&due.order_id).await? else {
             return Ok(None);
         };
         // Paid since it was listed unpaid: the paid phase's turn comes.
         let paid = order.flutterwave.transaction_id.is_some();
-        if paid != key.starts_with("paid:")
+        if paid != due.paid
             || !paid
                 && !matches!(
                     order.status,
@@ -273,7 +297,7 @@ impl Reconciler {
         {
             return Ok(None);
         }
-        if !self.take_check(key).await? {
+        if !self.take_check(&due.schedule_id()).await? {
             return Ok(None);
         }
         Ok(Some(if paid {
@@ -308,11 +332,11 @@ impl Reconciler {
             .collect())
     }
 
-    /// Of the schedules `keys`, those whose next check is still to come.
-    async fn not_yet_due(&self, keys: &[String]) -> Result<HashSet<String>, OrderError> {
+    /// Of the schedules `ids`, those whose next check is still to come.
+    async fn not_yet_due(&self, ids: &[String]) -> Result<HashSet<String>, OrderError> {
         let now = bson::DateTime::now();
         let mut waiting = HashSet::new();
-        for chunk in keys.chunks(IN_CHUNK) {
+        for chunk in ids.chunks(IN_CHUNK) {
             let schedules: Vec<Document> = self
                 .checks
                 .find(doc! { "_id": { "$in": chunk }, "nextCheckAt": { "$gt": now } })
@@ -331,7 +355,7 @@ impl Reconciler {
 
     /// Advances the order's schedule if a check is due; true when this
     /// instance took it. The first sighting creates the schedule.
-    async fn take_check(&self, key: &str) -> Result<bool, OrderError> {
+    async fn take_check(&self, schedule_id: &str) -> Result<bool, OrderError> {
         let now = bson::DateTime::now();
         let taken = self
             .checks
@@ -339,7 +363,7 @@ impl Reconciler {
                 // A schedule left without `nextCheckAt` (its creator died
                 // between the two writes) counts as due, as `not_yet_due` has it.
                 doc! {
-                    "_id": key,
+                    "_id": schedule_id,
                     "$or": [
                         { "nextCheckAt": { "$lte": now } },
                         { "nextCheckAt": { "$exists": false } },
@@ -366,7 +390,7 @@ impl Reconciler {
         );
         self.checks
             .update_one(
-                doc! { "_id": key },
+                doc! { "_id": schedule_id },
                 doc! { "$set": { "nextCheckAt": next } },
             )
             .await?;

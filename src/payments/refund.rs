@@ -25,6 +25,13 @@ struct RefundCommand {
     stray: bool,
 }
 
+impl RefundCommand {
+    /// The stray payment this command refunds; `None` for the order's own.
+    fn stray_transaction(&self) -> Option<&str> {
+        self.transaction_id.as_deref().filter(|_| self.stray)
+    }
+}
+
 pub struct RefundHandler {
     flutterwave: Flutterwave,
     orders: Orders,
@@ -152,17 +159,7 @@ impl RefundHandler {
             .by_order_id(&command.order_id)
             .await
             .map_err(|e| DeliveryError::Transient(e.to_string()))?;
-        let stored = order.and_then(|order| {
-            if command.stray {
-                order
-                    .stray_payments
-                    .into_iter()
-                    .find(|s| Some(&s.transaction_id) == command.transaction_id.as_ref())
-                    .map(|s| s.refund)
-            } else {
-                order.refund
-            }
-        });
+        let stored = order.and_then(|order| order.refund_for(command.stray_transaction()).cloned());
         Ok(stored
             .filter(|r| r.status == RefundStatus::Pending)
             .and_then(|r| r.flutterwave_refund_id)
@@ -186,12 +183,8 @@ impl RefundHandler {
             flutterwave_refund_id: id,
             attempts,
         };
-        let stray = command
-            .stray
-            .then(|| command.transaction_id.clone())
-            .flatten();
         self.orders
-            .record_refund(&command.order_id, stray, refund)
+            .record_refund(&command.order_id, command.stray_transaction(), refund)
             .await
             .map(|_| ())
             .map_err(|e| DeliveryError::Transient(e.to_string()))
