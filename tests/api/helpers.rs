@@ -666,13 +666,19 @@ pub struct Binary {
     child: tokio::process::Child,
 }
 
+/// A free local port for a child process: bound, read, released. Another
+/// process could take it in between; callers that start a server on it
+/// notice the server exiting and say so, or pick another.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Starts the binary and waits (bounded) until it answers `/health/live`.
 pub async fn spawn_binary(env: &[(&str, String)]) -> Binary {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db = format!("order_bin_{id}");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-service"))

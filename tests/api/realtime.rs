@@ -564,46 +564,52 @@ impl TlsRedis {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let server = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-            .args([
-                "--tls-cert-file",
-                "server.pem",
-                "--tls-key-file",
-                "server.key",
-            ])
-            .args(["--tls-ca-cert-file", "ca.pem"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed by scripts/deps.sh redis-tls");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self { server, dir, port };
+        // The port is free when chosen but could be taken before the server
+        // binds it: then the server exits, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .args([
+                    "--tls-cert-file",
+                    "server.pem",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.pem"])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server is installed by scripts/deps.sh redis-tls");
+            for _ in 0..100 {
+                if server.try_wait().expect("redis-server status").is_some() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                    // Listening, and it is ours: still running.
+                    && server.try_wait().expect("redis-server status").is_none()
+                {
+                    return Self { server, dir, port };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = server.start_kill();
         }
-        panic!("the TLS Redis did not open port {port}");
+        panic!("the TLS Redis did not start on any of five ports");
     }
 
     fn ca_file(&self) -> String {

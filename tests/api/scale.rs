@@ -6,7 +6,7 @@
 //! requests would have left it), so the test controls its size; a queue
 //! bound to the service's order exchange reads what a peer receives.
 
-use crate::helpers::{EventTap, amqp_uri, mongo_uri};
+use crate::helpers::{EventTap, amqp_uri, free_port, mongo_uri};
 use futures::{FutureExt, StreamExt};
 use lapin::{Connection, ConnectionProperties};
 use outbox::transaction::{self, RetryPolicy};
@@ -19,15 +19,6 @@ use tokio::process::{Child, Command};
 const AGGREGATES: usize = 60;
 const PER_AGGREGATE: usize = 5;
 const LEASE_SECS: u64 = 2;
-
-/// A free local port: bound, read, released. Another process could take it
-/// in between; the service then fails to start and the test says so.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Starts the real binary on `port` against `database`.
 fn spawn_service(name: &str, port: u16, database: &str, prefix: &str) -> Child {

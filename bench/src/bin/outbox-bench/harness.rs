@@ -7,11 +7,11 @@ use crate::cli::Args;
 use bson::{DateTime, Document, doc};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -243,6 +243,16 @@ impl Bench {
             let _ = connection.close(200, "done".into()).await;
         }
     }
+}
+
+/// A new connection's channel in confirm mode, as every publishing phase uses.
+pub async fn confirm_channel(bench: &Bench) -> Result<(Connection, Channel), BoxError> {
+    let connection = Connection::connect(&bench.args.amqp, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel))
 }
 
 /// An order as the service stores it on create: about 1 KB of BSON.

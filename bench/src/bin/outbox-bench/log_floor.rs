@@ -7,14 +7,14 @@
 //! server.
 
 use crate::BoxError;
-use crate::harness::{Bench, Confirms, Pipeline, Tap, lock};
+use crate::harness::{Bench, Confirms, Pipeline, Tap, confirm_channel, lock};
 use crate::phases::{Meter, Throughput, latencies, produce_until, stage_backlog};
 use crate::sys::Watched;
 use bson::{Document, doc};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, Confirmation};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::{Collection, Database};
@@ -66,15 +66,6 @@ async fn inserts(
         .max_await_time(Duration::from_millis(100))
         .resume_after(after)
         .await?)
-}
-
-async fn confirm_channel(bench: &Bench) -> Result<(Connection, Channel), BoxError> {
-    let connection = Connection::connect(&bench.args.amqp, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, channel))
 }
 
 async fn checkpoint(cursor: &Collection<Document>, token: &ResumeToken) -> Result<(), BoxError> {

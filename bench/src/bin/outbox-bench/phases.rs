@@ -3,12 +3,12 @@
 
 use crate::BoxError;
 use crate::harness::{
-    Bench, Confirms, Pipeline, Tap, TxError, commit, event, lock, order_document,
+    Bench, Confirms, Pipeline, Tap, TxError, commit, confirm_channel, event, lock, order_document,
 };
 use crate::proxy::{Proxy, amqp_host};
 use crate::sys::{CpuUse, Watched};
 use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use outbox::Outbox;
 use std::collections::HashMap;
@@ -120,11 +120,7 @@ pub async fn raw_transactions(bench: &Bench, watched: &Watched) -> Result<Throug
 /// to the run's exchange with a durable queue bound and consumed.
 pub async fn raw_broker(bench: &Bench, watched: &Watched) -> Result<Throughput, BoxError> {
     let tap = Tap::start(bench, "broker").await?;
-    let connection = Connection::connect(&bench.args.amqp, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let (connection, channel) = confirm_channel(bench).await?;
     let record = event(&bench.exchange, "broker", "raw", 0);
     let payload = serde_json::to_vec(&record.payload)?;
     let meter = Meter::begin(bench, watched);
