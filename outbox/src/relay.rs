@@ -98,7 +98,9 @@ pub struct RoundOutcome {
     /// aggregate had more than `per_aggregate` pending.
     pub more: bool,
     /// Due records were left alone because the previous round was still
-    /// marking others of their aggregates.
+    /// marking others of their aggregates, or a sweep of the backlog found
+    /// records the previous round was marking: the next round follows
+    /// that mark at once.
     pub deferred: bool,
 }
 
@@ -360,13 +362,19 @@ impl Relay {
             DueAggregates::default()
         };
         due.hand(handed);
+        let sweeping = self
+            .sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let skipped = due.skip(busy);
         let mut total = RoundOutcome {
-            more: self
-                .sweep
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some(),
-            deferred: due.skip(busy),
+            more: sweeping,
+            // While a backlog is swept, a window can hold little but the
+            // records the finish is marking (a batch committed at one
+            // instant is scanned twice): the next window waits for that
+            // mark, not for a poll.
+            deferred: skipped.unmarked || (skipped.any && sweeping),
             ..RoundOutcome::default()
         };
         if due.aggregates.is_empty() {
@@ -893,10 +901,9 @@ impl DueAggregates {
         self.aggregates.iter().any(|a| a.amqp)
     }
 
-    /// Leaves out the aggregates `busy` holds; whether one of them has a
-    /// due record that `busy` is not marking (so it needs another round).
-    fn skip(&mut self, busy: &Busy) -> bool {
-        let mut deferred = false;
+    /// Leaves out the aggregates `busy` holds, and says what they held.
+    fn skip(&mut self, busy: &Busy) -> Skipped {
+        let mut skipped = Skipped::default();
         self.aggregates.retain(|a| {
             let held = busy.aggregates.contains(&a.id);
             // A handed-over aggregate was committed after `busy` was read.
@@ -904,11 +911,21 @@ impl DueAggregates {
                 .records
                 .as_ref()
                 .is_none_or(|records| records.iter().any(|r| !busy.records.contains(r)));
-            deferred |= held && unmarked;
+            skipped.any |= held;
+            skipped.unmarked |= held && unmarked;
             !held
         });
-        deferred
+        skipped
     }
+}
+
+/// The due aggregates a round left to the finish still running.
+#[derive(Default)]
+struct Skipped {
+    any: bool,
+    /// One has a due record the finish is not marking, so it needs another
+    /// round.
+    unmarked: bool,
 }
 
 struct DueAggregate {
@@ -1349,17 +1366,20 @@ mod tests {
             due.aggregates[0].records,
             Some(vec!["r1".to_string(), "r3".to_string()])
         );
-        // Every due record of `a` is being marked: nothing to come back for.
-        assert!(!due.skip(&busy(&["r1", "r3"])));
+        // Every due record of `a` is being marked: nothing to come back for
+        // (unless a sweep goes on past it).
+        let skipped = due.skip(&busy(&["r1", "r3"]));
+        assert!(skipped.any && !skipped.unmarked);
         assert_eq!(ids(&due), ["b"]);
 
         // `r3` came after the round that is marking `r1`.
         let mut due = DueAggregates::from_scan(&scan);
-        assert!(due.skip(&busy(&["r1"])));
+        assert!(due.skip(&busy(&["r1"])).unmarked);
         assert_eq!(ids(&due), ["b"]);
 
         let mut due = DueAggregates::from_scan(&scan);
-        assert!(!due.skip(&Busy::default()));
+        let skipped = due.skip(&Busy::default());
+        assert!(!skipped.any && !skipped.unmarked);
         assert_eq!(ids(&due), ["a", "b"]);
 
         // Handed over after the scan: only the new aggregate is added, and
@@ -1369,7 +1389,7 @@ mod tests {
         assert_eq!(ids(&due), ["b", "a"]);
         assert!(due.aggregates[1].amqp && due.aggregates[1].records.is_none());
         // Its records are unknown, so one being marked is come back for.
-        assert!(due.skip(&busy(&["r1", "r3"])));
+        assert!(due.skip(&busy(&["r1", "r3"])).unmarked);
         assert_eq!(ids(&due), ["b"]);
     }
 

@@ -834,6 +834,49 @@ async fn a_backlog_larger_than_a_scan_is_swept_in_windows_and_nothing_behind_is_
     env.db.drop().await.ok();
 }
 
+#[tokio::test]
+async fn a_backlog_committed_at_a_few_instants_is_swept_without_waiting_for_the_poll() {
+    const BATCHES: usize = 4;
+    const PER_BATCH: usize = 8;
+    let env = env().await;
+    let (_conn, mut peer) = bound_queue(&env.exchange, "k").await;
+    // Each batch is one transaction: its records share one instant, so a
+    // full window at that instant is scanned again, and finds the records
+    // the previous round is still marking.
+    for b in 0..BATCHES {
+        let records = (0..PER_BATCH)
+            .flat_map(|a| {
+                let agg = format!("batch-{b}-agg-{a}");
+                [message(&env, &agg, 0), message(&env, &agg, 1)]
+            })
+            .collect();
+        stage(&env, records).await;
+    }
+    // Polling an hour apart and no change stream: a round that waited for
+    // the poll would leave the rest of the backlog for an hour.
+    let relay = Relay::new(
+        env.outbox.clone(),
+        RelayConfig {
+            scan_limit: 4,
+            ..woken_only(&env)
+        },
+    )
+    .with_broker(broker(&env.exchange));
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    let received = receive_exactly(&mut peer, BATCHES * PER_BATCH * 2).await;
+    handle.shutdown().await;
+    let mut per_aggregate: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (agg, n) in received {
+        per_aggregate.entry(agg).or_default().push(n);
+    }
+    assert_eq!(per_aggregate.len(), BATCHES * PER_BATCH);
+    assert!(
+        per_aggregate.values().all(|order| order == &[0, 1]),
+        "each once and in order: {per_aggregate:?}"
+    );
+    env.db.drop().await.ok();
+}
+
 /// A relay that polls once an hour and has no watcher: only wake-ups and
 /// hand-overs make it run a round.
 fn woken_only(env: &Env) -> RelayConfig {
