@@ -7,13 +7,14 @@
 # registries (pip, apt), so a fresh machine needs nothing done by hand.
 #
 #   scripts/deps.sh                              MongoDB-wire server, RabbitMQ, Redis
-#   scripts/deps.sh prometheus docker-compose redis-tls
+#   scripts/deps.sh prometheus docker-compose redis-tls secantus-rs
 #                                                the same, then these tools too
 #
-# The optional names only install tools (Debian's prometheus/promtool and
-# docker-compose, used by the observability tests; redis-server and openssl,
-# with which the realtime tests start a TLS-only Redis of their own); they
-# start nothing.
+# The optional names only install tools (Debian's prometheus/promtool,
+# prometheus-alertmanager/amtool and docker-compose, used by the
+# observability tests; redis-server and openssl, with which the realtime
+# tests start a TLS-only Redis of their own; SecantusDB's Rust server, for
+# the benchmark); they start nothing.
 set -euo pipefail
 
 MONGO_PORT="${MONGO_PORT:-27017}"
@@ -80,14 +81,18 @@ ensure_mongo() {
   wait_port "$MONGO_PORT" SecantusDB 120
 }
 
-# Debian's prometheus (with promtool), only when it is not on PATH. Installing
-# the package would normally start its own daemon on :9090; a temporary
-# policy-rc.d forbids that, and is removed only if this script created it. A
-# prometheus daemon that runs anyway (started by the package or by anyone
-# else) is left alone: tests start their own on a free port.
+# Debian's prometheus (with promtool) and prometheus-alertmanager (with
+# amtool), those not on PATH. Installing them would normally start their
+# daemons on :9090 and :9093; a temporary policy-rc.d forbids that, and is
+# removed only if this script created it. A daemon that runs anyway (started
+# by a package or by anyone else) is left alone: tests start their own on a
+# free port.
 ensure_prometheus() {
-  if command -v prometheus >/dev/null 2>&1; then
-    log "prometheus already installed ($(command -v prometheus))"
+  local packages=()
+  command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null 2>&1 || packages+=(prometheus-alertmanager)
+  if [ "${#packages[@]}" -eq 0 ]; then
+    log "prometheus and alertmanager already installed"
     return
   fi
   local policy=/usr/sbin/policy-rc.d created=0
@@ -96,9 +101,9 @@ ensure_prometheus() {
     chmod 755 "$policy"
     created=1
   fi
-  log "installing prometheus"
+  log "installing ${packages[*]}"
   local status=0
-  apt_install prometheus || status=$?
+  apt_install "${packages[@]}" || status=$?
   if [ "$created" = 1 ]; then
     rm -f "$policy"
   fi
@@ -138,6 +143,27 @@ ensure_redis() {
   wait_port "$REDIS_PORT" Redis 60
 }
 
+# SecantusDB's Rust server (`secantusd-rs`, the same wire protocol and flags),
+# for the outbox benchmark (scripts/bench.sh --server rs): a cargo build of
+# about ten minutes, so the tests keep to the Python server.
+SECANTUS_RS_VERSION="0.5.3-beta.196"
+ensure_secantus_rs() {
+  if command -v secantusd-rs >/dev/null 2>&1; then
+    log "secantusd-rs already installed ($(command -v secantusd-rs))"
+    return
+  fi
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+  log "building secantusd-rs $SECANTUS_RS_VERSION (cargo install, about ten minutes)"
+  cargo install --quiet secantus-mdb --version "$SECANTUS_RS_VERSION" --ignore-rust-version
+  hash -r
+}
+
 # The rediss:// test starts its own TLS-only redis-server, with certificates
 # openssl makes, whatever Redis is already listening on the usual port.
 ensure_redis_tls() {
@@ -162,9 +188,9 @@ ensure_node() {
 # Check the optional names before starting anything.
 for extra in "$@"; do
   case "$extra" in
-    prometheus | docker-compose | redis-tls) ;;
+    prometheus | docker-compose | redis-tls | secantus-rs) ;;
     *)
-      log "unknown argument: $extra (expected: prometheus, docker-compose, redis-tls)"
+      log "unknown argument: $extra (expected: prometheus, docker-compose, redis-tls, secantus-rs)"
       exit 2
       ;;
   esac
@@ -182,5 +208,6 @@ for extra in "$@"; do
     prometheus) ensure_prometheus ;;
     docker-compose) ensure_docker_compose ;;
     redis-tls) ensure_redis_tls ;;
+    secantus-rs) ensure_secantus_rs ;;
   esac
 done

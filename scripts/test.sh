@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/order-service/target}"
 
-# Prometheus and docker-compose serve the observability tests (a real
-# scrape; validating the compose file without an engine).
+# Prometheus, Alertmanager and docker-compose serve the observability tests
+# (a real scrape and real inhibitions; validating the compose file without
+# an engine).
 scripts/deps.sh prometheus docker-compose redis-tls
 # The realtime tests drive the reference Socket.IO client (socket.io-client,
 # pinned by tests/socket/package-lock.json).

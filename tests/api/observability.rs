@@ -1,6 +1,7 @@
 //! What operators see: /metrics with every name the Grafana dashboard and
-//! the alert rules use, alert rules that promtool checks and unit-tests, a
-//! real Prometheus scraping the service, the trace context carried from a
+//! the alert rules use, alert rules that promtool checks and unit-tests,
+//! Alertmanager's routes and inhibitions, a real Prometheus scraping the
+//! service, the trace context carried from a
 //! request to the AMQP messages it caused, and a valid compose file.
 
 use crate::helpers::*;
@@ -155,6 +156,191 @@ fn the_alert_rules_load_and_pass_their_unit_tests() {
     promtool(&["test", "rules", "alerts.test.yml"]);
 }
 
+/// Runs amtool (installed with Alertmanager by `scripts/deps.sh prometheus`)
+/// in deploy/alertmanager; its output.
+fn amtool(args: &[&str]) -> String {
+    let output = std::process::Command::new("amtool")
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/alertmanager"))
+        .output()
+        .expect("amtool is installed by scripts/deps.sh prometheus");
+    assert!(
+        output.status.success(),
+        "amtool {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn alertmanager_pages_for_page_alerts_and_files_the_rest() {
+    amtool(&["check-config", "alertmanager.yml"]);
+    let receiver = |labels: &[&str]| {
+        amtool(
+            &[
+                &["config", "routes", "test", "--config.file=alertmanager.yml"][..],
+                labels,
+            ]
+            .concat(),
+        )
+    };
+    assert_eq!(
+        receiver(&["alertname=OutboxBacklogStuck", "severity=page"]),
+        "page"
+    );
+    assert_eq!(
+        receiver(&["alertname=OutboxRecordsParked", "severity=ticket"]),
+        "ticket"
+    );
+    // An inhibition naming an alert no rule raises would never act.
+    let rules = deploy_file("prometheus/alerts.yml");
+    let config = deploy_file("alertmanager/alertmanager.yml");
+    let named: Vec<&str> = config
+        .split("alertname=")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start_matches('~').split('"').nth(1))
+        .flat_map(|names| names.split('|'))
+        .collect();
+    assert!(named.len() >= 6, "{named:?}");
+    for name in named {
+        assert!(
+            rules.contains(&format!("- alert: {name}\n")),
+            "alertmanager.yml names {name}, which no rule in alerts.yml raises"
+        );
+    }
+}
+
+/// The alerts a running Alertmanager holds: name and state.
+async fn alert_states(http: &reqwest::Client, base: &str) -> Vec<(String, String)> {
+    let Ok(response) = http.get(format!("{base}/api/v2/alerts")).send().await else {
+        return Vec::new();
+    };
+    let alerts: serde_json::Value = response.json().await.unwrap_or_default();
+    alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                a["status"]["state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
+    let dir = std::env::temp_dir().join(format!("alertmanager-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let mut alertmanager = tokio::process::Command::new("prometheus-alertmanager")
+        .arg(concat!(
+            "--config.file=",
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/alertmanager/alertmanager.yml"
+        ))
+        .arg(format!("--storage.path={}", dir.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // One node: no gossip port to collide with other runs.
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus-alertmanager is installed by scripts/deps.sh prometheus");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let raise = |names: &'static [(&'static str, &'static str)]| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let alerts: Vec<serde_json::Value> = names
+                .iter()
+                .map(|(name, severity)| {
+                    serde_json::json!({ "labels": { "alertname": name, "severity": severity } })
+                })
+                .collect();
+            http.post(format!("{base}/api/v2/alerts"))
+                .json(&alerts)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    };
+    let until = |wanted: &'static [(&'static str, &'static str)]| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..120 {
+                seen = alert_states(&http, &base).await;
+                let holds = wanted
+                    .iter()
+                    .all(|(name, state)| seen.iter().any(|(n, s)| n == name && s == state));
+                if holds {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen.sort();
+            seen
+        }
+    };
+    let mut posted = false;
+    for _ in 0..100 {
+        posted = raise(&[("OutboxBacklogStuck", "page")]).await;
+        if posted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(posted, "Alertmanager took no alerts on port {port}");
+    // Alone, a stuck backlog pages.
+    let alone = until(&[("OutboxBacklogStuck", "active")]).await;
+    assert!(
+        raise(&[
+            ("FlutterwaveBreakerOpen", "page"),
+            ("OutboxRecordsParked", "ticket")
+        ])
+        .await
+    );
+    let together = until(&[
+        ("FlutterwaveBreakerOpen", "active"),
+        ("OutboxBacklogStuck", "suppressed"),
+        ("OutboxRecordsParked", "active"),
+    ])
+    .await;
+    let _ = alertmanager.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(alone, [("OutboxBacklogStuck".into(), "active".into())]);
+    let state = |name: &str| {
+        together
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_str())
+    };
+    assert_eq!(
+        state("FlutterwaveBreakerOpen"),
+        Some("active"),
+        "{together:?}"
+    );
+    assert_eq!(
+        state("OutboxBacklogStuck"),
+        Some("suppressed"),
+        "{together:?}"
+    );
+    // Only what the breaker explains is held back.
+    assert_eq!(state("OutboxRecordsParked"), Some("active"), "{together:?}");
+}
+
 /// GitHub's anchor for a Markdown heading.
 fn anchor(heading: &str) -> String {
     heading
@@ -212,11 +398,7 @@ async fn a_real_prometheus_scrapes_the_outbox_backlog() {
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: order-service\n    static_configs:\n      - targets: ['{target}']\n"
     );
     std::fs::write(dir.join("prometheus.yml"), config).expect("config");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let mut prometheus = tokio::process::Command::new("prometheus")
         .arg(format!(
             "--config.file={}",
@@ -323,6 +505,7 @@ fn the_compose_file_is_valid_and_names_every_service() {
         "elasticsearch",
         "kibana",
         "prometheus",
+        "alertmanager",
         "grafana",
         "flutterwave-sim",
         "order-service",
