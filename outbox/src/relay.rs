@@ -99,8 +99,8 @@ pub struct RoundOutcome {
     pub more: bool,
     /// Due records were left alone because the previous round was still
     /// marking others of their aggregates, or a sweep of the backlog found
-    /// records the previous round was marking: the next round follows
-    /// that mark at once.
+    /// only records the previous round was marking: the next round
+    /// follows that mark at once.
     pub deferred: bool,
 }
 
@@ -370,11 +370,13 @@ impl Relay {
         let skipped = due.skip(busy);
         let mut total = RoundOutcome {
             more: sweeping,
-            // While a backlog is swept, a window can hold little but the
+            // While a backlog is swept, a window can hold nothing but the
             // records the finish is marking (a batch committed at one
             // instant is scanned twice): the next window waits for that
-            // mark, not for a poll.
-            deferred: skipped.unmarked || (skipped.any && sweeping),
+            // mark, not for a poll. A window with other work goes on at
+            // once, and the mark runs on beside it.
+            deferred: skipped.unmarked
+                || (skipped.any && sweeping && due.aggregates.is_empty()),
             ..RoundOutcome::default()
         };
         if due.aggregates.is_empty() {
