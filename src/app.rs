@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::consumers::queues::QueueSet;
 use crate::consumers::review::{self, ReviewConsumer, ReviewSettings};
-use crate::http::{self, AppState, auth::Auth};
+use crate::http::{self, AppState, Services, auth::Auth};
 use crate::notifications::Notifications;
 use crate::orders::Orders;
 use crate::orders::events::{Exchanges, REFUND_COMMAND};
@@ -168,7 +168,7 @@ impl Application {
         .with_metrics(metrics.clone());
         reconciler.ensure_schema(&db).await?;
         let listener = TcpListener::bind(("0.0.0.0", config.port)).await?;
-        let state = AppState {
+        let state = AppState::new(Services {
             auth,
             notifications: Notifications::new(
                 client.clone(),
@@ -192,7 +192,7 @@ impl Application {
             broker,
             metrics,
             realtime,
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -29,9 +29,28 @@ use std::sync::Arc;
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
-/// Everything a handler may need; cheap to clone.
+/// Everything a handler may need, behind one `Arc`: axum clones the state
+/// for every request and for every extractor and middleware that takes it,
+/// and the services hold strings and settings that are not free to copy.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Services {
     pub config: Arc<Config>,
     pub auth: Arc<auth::Auth>,
     pub db: Database,
