@@ -375,8 +375,7 @@ impl Relay {
             // instant is scanned twice): the next window waits for that
             // mark, not for a poll. A window with other work goes on at
             // once, and the mark runs on beside it.
-            deferred: skipped.unmarked
-                || (skipped.any && sweeping && due.aggregates.is_empty()),
+            deferred: skipped.unmarked || (skipped.any && sweeping && due.aggregates.is_empty()),
             ..RoundOutcome::default()
         };
         if due.aggregates.is_empty() {

@@ -135,42 +135,35 @@ async fn every_metric_the_dashboard_uses_is_exported() {
     app.shutdown().await;
 }
 
-/// Runs promtool (installed by `scripts/deps.sh prometheus`) in deploy/prometheus.
-fn promtool(args: &[&str]) {
-    let output = std::process::Command::new("promtool")
+/// Runs `tool` (promtool or amtool, installed by `scripts/deps.sh
+/// prometheus`) in `deploy/{dir}`; its output, once it succeeded.
+fn deploy_tool(tool: &str, dir: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(tool)
         .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus"))
+        .current_dir(format!("{}/deploy/{dir}", env!("CARGO_MANIFEST_DIR")))
         .output()
-        .expect("promtool is installed by scripts/deps.sh prometheus");
+        .unwrap_or_else(|e| panic!("{tool} is installed by scripts/deps.sh prometheus: {e}"));
     assert!(
         output.status.success(),
-        "promtool {args:?}: {}{}",
+        "{tool} {args:?}: {}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn promtool(args: &[&str]) -> String {
+    deploy_tool("promtool", "prometheus", args)
+}
+
+fn amtool(args: &[&str]) -> String {
+    deploy_tool("amtool", "alertmanager", args)
 }
 
 #[test]
 fn the_alert_rules_load_and_pass_their_unit_tests() {
     promtool(&["check", "config", "prometheus.yml"]);
     promtool(&["test", "rules", "alerts.test.yml"]);
-}
-
-/// Runs amtool (installed with Alertmanager by `scripts/deps.sh prometheus`)
-/// in deploy/alertmanager; its output.
-fn amtool(args: &[&str]) -> String {
-    let output = std::process::Command::new("amtool")
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/alertmanager"))
-        .output()
-        .expect("amtool is installed by scripts/deps.sh prometheus");
-    assert!(
-        output.status.success(),
-        "amtool {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 #[test]
