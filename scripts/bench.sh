@@ -62,12 +62,19 @@ cargo build --release -p realtime-bench --bin outbox-bench
 pid=""
 data=""
 cleanup() {
+  local status=$?
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   fi
   if [ -n "$data" ]; then
-    rm -rf "$data" "$data.log"
+    rm -rf "$data"
+    # The server's log tells why a failed run failed.
+    if [ "$status" = 0 ]; then
+      rm -f "$data.log"
+    else
+      log "server log kept: $data.log"
+    fi
   fi
 }
 trap cleanup EXIT INT TERM

@@ -160,7 +160,10 @@ ensure_secantus_rs() {
     apt_install "${missing[@]}"
   fi
   log "building secantusd-rs $SECANTUS_RS_VERSION (cargo install, about ten minutes)"
-  cargo install --quiet secantus-mdb --version "$SECANTUS_RS_VERSION" --ignore-rust-version
+  # Its own temporary target directory (not the project's, whose lock a
+  # test build may hold) and the crate's own Cargo.lock.
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked secantus-mdb \
+    --version "$SECANTUS_RS_VERSION" --ignore-rust-version
   hash -r
 }
 

@@ -370,12 +370,7 @@ impl Relay {
         let skipped = due.skip(busy);
         let mut total = RoundOutcome {
             more: sweeping,
-            // While a backlog is swept, a window can hold nothing but the
-            // records the finish is marking (a batch committed at one
-            // instant is scanned twice): the next window waits for that
-            // mark, not for a poll. A window with other work goes on at
-            // once, and the mark runs on beside it.
-            deferred: skipped.unmarked || (skipped.any && sweeping && due.aggregates.is_empty()),
+            deferred: skipped.defers(sweeping, !due.aggregates.is_empty()),
             ..RoundOutcome::default()
         };
         if due.aggregates.is_empty() {
@@ -929,6 +924,18 @@ struct Skipped {
     unmarked: bool,
 }
 
+impl Skipped {
+    /// Whether the next round waits for the running finish and then runs at
+    /// once. While a backlog is swept (`sweeping`), a window can hold
+    /// nothing but the records the finish is marking (a batch committed at
+    /// one instant is scanned twice): the next window waits for that mark,
+    /// not for a poll. A window with other work (`other_work`) goes on at
+    /// once, and the mark runs on beside it.
+    fn defers(&self, sweeping: bool, other_work: bool) -> bool {
+        self.unmarked || (self.any && sweeping && !other_work)
+    }
+}
+
 struct DueAggregate {
     id: String,
     /// One of its due records goes to the broker (or, handed over, may).
@@ -1392,6 +1399,26 @@ mod tests {
         // Its records are unknown, so one being marked is come back for.
         assert!(due.skip(&busy(&["r1", "r3"])).unmarked);
         assert_eq!(ids(&due), ["b"]);
+    }
+
+    #[test]
+    fn a_sweep_waits_for_the_mark_only_when_its_window_held_nothing_else() {
+        let marking = Skipped {
+            any: true,
+            unmarked: false,
+        };
+        assert!(
+            marking.defers(true, false),
+            "waits for the mark, not a poll"
+        );
+        assert!(!marking.defers(true, true), "other work goes on beside it");
+        assert!(!marking.defers(false, false), "no backlog behind it");
+        let unmarked = Skipped {
+            any: true,
+            unmarked: true,
+        };
+        assert!(unmarked.defers(false, true), "its new records need a round");
+        assert!(!Skipped::default().defers(true, false));
     }
 
     #[test]

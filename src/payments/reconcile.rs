@@ -73,17 +73,23 @@ struct Due {
     order_id: String,
     /// Listed as paid: checked for further payments, not for its first.
     paid: bool,
-}
-
-impl Due {
     /// Its schedule's id in `payment_checks`. Each phase has its own, so a
     /// paid order's checks are counted from its payment, not from the
     /// checks it had while unpaid.
-    fn schedule_id(&self) -> String {
-        if self.paid {
-            format!("paid:{}", self.order_id)
+    schedule_id: String,
+}
+
+impl Due {
+    fn new(order_id: String, paid: bool) -> Self {
+        let schedule_id = if paid {
+            format!("paid:{order_id}")
         } else {
-            self.order_id.clone()
+            order_id.clone()
+        };
+        Self {
+            order_id,
+            paid,
+            schedule_id,
         }
     }
 }
@@ -208,10 +214,7 @@ impl Reconciler {
             )
             .await?
             .into_iter()
-            .map(|order_id| Due {
-                order_id,
-                paid: false,
-            })
+            .map(|order_id| Due::new(order_id, false))
             .collect();
         candidates.extend(
             self.candidates(
@@ -230,19 +233,16 @@ impl Reconciler {
             )
             .await?
             .into_iter()
-            .map(|order_id| Due {
-                order_id,
-                paid: true,
-            }),
+            .map(|order_id| Due::new(order_id, true)),
         );
-        let schedules: Vec<String> = candidates.iter().map(Due::schedule_id).collect();
+        let schedules: Vec<String> = candidates.iter().map(|d| d.schedule_id.clone()).collect();
         let waiting = self.not_yet_due(&schedules).await?;
-        let due = candidates
+        let listed = candidates
             .into_iter()
-            .filter(|due| !waiting.contains(&due.schedule_id()))
+            .filter(|due| !waiting.contains(&due.schedule_id))
             .take(self.settings.batch);
         // One check's failure is its own: the others in flight go on.
-        let outcome = futures::stream::iter(due)
+        let outcome = futures::stream::iter(listed)
             .map(|due| async move { self.check_due(&due).await })
             .buffer_unordered(self.settings.concurrency.max(1))
             .fold(SweepOutcome::default(), |mut outcome, checked| async move {
@@ -297,7 +297,7 @@ impl Reconciler {
         {
             return Ok(None);
         }
-        if !self.take_check(&due.schedule_id()).await? {
+        if !self.take_check(&due.schedule_id).await? {
             return Ok(None);
         }
         Ok(Some(if paid {

@@ -27,6 +27,8 @@ struct RefundCommand {
 
 impl RefundCommand {
     /// The stray payment this command refunds; `None` for the order's own.
+    /// A stray command always names its transaction: `run` refuses one
+    /// without it before anything asks.
     fn stray_transaction(&self) -> Option<&str> {
         self.transaction_id.as_deref().filter(|_| self.stray)
     }

@@ -245,7 +245,7 @@ async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
         // One node: no gossip port to collide with other runs.
         .arg("--cluster.listen-address=")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("alertmanager.log")).expect("log"))
         .kill_on_drop(true)
         .spawn()
         .expect("prometheus-alertmanager is installed by scripts/deps.sh prometheus");
@@ -290,12 +290,17 @@ async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
     let mut posted = false;
     for _ in 0..100 {
         posted = raise(&[("OutboxBacklogStuck", "page")]).await;
-        if posted {
+        // Exited: a bad config, or its port taken before it bound it.
+        if posted || alertmanager.try_wait().is_ok_and(|s| s.is_some()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(posted, "Alertmanager took no alerts on port {port}");
+    assert!(
+        posted,
+        "Alertmanager took no alerts on port {port}: {}",
+        std::fs::read_to_string(dir.join("alertmanager.log")).unwrap_or_default()
+    );
     // Alone, a stuck backlog pages.
     let alone = until(&[("OutboxBacklogStuck", "active")]).await;
     assert!(
