@@ -230,7 +230,7 @@ async fn alert_states(http: &reqwest::Client, base: &str) -> Vec<(String, String
 }
 
 #[tokio::test]
-async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
+async fn an_outage_pages_once_for_its_cause_not_again_for_what_it_explains() {
     let dir = std::env::temp_dir().join(format!("alertmanager-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
@@ -251,14 +251,21 @@ async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
         .expect("prometheus-alertmanager is installed by scripts/deps.sh prometheus");
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let raise = |names: &'static [(&'static str, &'static str)]| {
+    // Each alert as its label pairs.
+    type Labels = &'static [(&'static str, &'static str)];
+    const BACKLOG_STUCK: Labels = &[("alertname", "OutboxBacklogStuck"), ("severity", "page")];
+    let raise = |alerts: Vec<Labels>| {
         let http = http.clone();
         let base = base.clone();
         async move {
-            let alerts: Vec<serde_json::Value> = names
+            let alerts: Vec<serde_json::Value> = alerts
                 .iter()
-                .map(|(name, severity)| {
-                    serde_json::json!({ "labels": { "alertname": name, "severity": severity } })
+                .map(|labels| {
+                    let labels: serde_json::Map<String, serde_json::Value> = labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), (*v).into()))
+                        .collect();
+                    serde_json::json!({ "labels": labels })
                 })
                 .collect();
             http.post(format!("{base}/api/v2/alerts"))
@@ -289,7 +296,7 @@ async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
     };
     let mut posted = false;
     for _ in 0..100 {
-        posted = raise(&[("OutboxBacklogStuck", "page")]).await;
+        posted = raise(vec![BACKLOG_STUCK]).await;
         // Exited: a bad config, or its port taken before it bound it.
         if posted || alertmanager.try_wait().is_ok_and(|s| s.is_some()) {
             break;
@@ -304,9 +311,12 @@ async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
     // Alone, a stuck backlog pages.
     let alone = until(&[("OutboxBacklogStuck", "active")]).await;
     assert!(
-        raise(&[
-            ("FlutterwaveBreakerOpen", "page"),
-            ("OutboxRecordsParked", "ticket")
+        raise(vec![
+            &[
+                ("alertname", "FlutterwaveBreakerOpen"),
+                ("severity", "page")
+            ],
+            &[("alertname", "OutboxRecordsParked"), ("severity", "ticket")],
         ])
         .await
     );
@@ -316,27 +326,47 @@ async fn a_flutterwave_outage_pages_once_not_also_for_the_backlog_it_causes() {
         ("OutboxRecordsParked", "active"),
     ])
     .await;
+    // The dependency alert holds back by its `dependency` label: the
+    // broker's does not explain failing reconciliation, the database's does.
+    const BROKER_DOWN: Labels = &[
+        ("alertname", "OrderServiceDependencyDown"),
+        ("severity", "page"),
+        ("dependency", "rabbitmq"),
+    ];
+    const DATABASE_DOWN: Labels = &[
+        ("alertname", "OrderServiceDependencyDown"),
+        ("severity", "page"),
+        ("dependency", "mongo"),
+    ];
+    const RECONCILIATION_FAILING: Labels = &[
+        ("alertname", "ReconciliationChecksFailing"),
+        ("severity", "ticket"),
+    ];
+    assert!(raise(vec![BROKER_DOWN, RECONCILIATION_FAILING]).await);
+    let broker_down = until(&[("ReconciliationChecksFailing", "active")]).await;
+    assert!(raise(vec![DATABASE_DOWN]).await);
+    let database_down = until(&[("ReconciliationChecksFailing", "suppressed")]).await;
     let _ = alertmanager.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(alone, [("OutboxBacklogStuck".into(), "active".into())]);
-    let state = |name: &str| {
-        together
-            .iter()
+    let state = |seen: &[(String, String)], name: &str| {
+        seen.iter()
             .find(|(n, _)| n == name)
-            .map(|(_, s)| s.as_str())
+            .map(|(_, s)| s.to_string())
     };
-    assert_eq!(
-        state("FlutterwaveBreakerOpen"),
-        Some("active"),
-        "{together:?}"
-    );
-    assert_eq!(
-        state("OutboxBacklogStuck"),
-        Some("suppressed"),
-        "{together:?}"
-    );
+    let expect = |seen: &[(String, String)], name: &str, wanted: &str| {
+        assert_eq!(
+            state(seen, name).as_deref(),
+            Some(wanted),
+            "{name}: {seen:?}"
+        );
+    };
+    expect(&together, "FlutterwaveBreakerOpen", "active");
+    expect(&together, "OutboxBacklogStuck", "suppressed");
     // Only what the breaker explains is held back.
-    assert_eq!(state("OutboxRecordsParked"), Some("active"), "{together:?}");
+    expect(&together, "OutboxRecordsParked", "active");
+    expect(&broker_down, "ReconciliationChecksFailing", "active");
+    expect(&database_down, "ReconciliationChecksFailing", "suppressed");
 }
 
 /// GitHub's anchor for a Markdown heading.
