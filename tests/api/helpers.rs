@@ -666,6 +666,23 @@ pub struct Binary {
     child: tokio::process::Child,
 }
 
+/// Runs `program` with `args` in `dir` (a tool that a `scripts/deps.sh`
+/// option installs) and returns its standard output, once it succeeded.
+pub fn run_tool(program: &str, dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is installed by scripts/deps.sh: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 /// A free local port for a child process: bound, read, released. Another
 /// process could take it in between; callers that start a server on it
 /// notice the server exiting and say so, or pick another.

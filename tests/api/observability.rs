@@ -101,26 +101,21 @@ async fn every_metric_the_dashboard_uses_is_exported() {
     app.pay("una", &order).await;
     let text = metrics_text(&app).await;
     let exported = exported(&text);
-    let used = dashboard_metrics();
-    assert!(
-        used.len() >= 10,
-        "the dashboard uses the service's metrics: {used:?}"
-    );
-    let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
-    assert!(
-        missing.is_empty(),
-        "dashboard metrics not exported: {missing:?}"
-    );
-    let alerting = metric_names(&alert_exprs());
-    assert!(
-        alerting.len() >= 8,
-        "the alert rules use the service's metrics: {alerting:?}"
-    );
-    let missing: Vec<&String> = alerting.iter().filter(|m| !exported.contains(*m)).collect();
-    assert!(
-        missing.is_empty(),
-        "alerted metrics not exported: {missing:?}"
-    );
+    // Each reader of the metrics uses several, and each of them exists.
+    for (reader, used, at_least) in [
+        ("dashboard", dashboard_metrics(), 10),
+        ("alert rules", metric_names(&alert_exprs()), 8),
+    ] {
+        assert!(
+            used.len() >= at_least,
+            "{reader}: too few metrics: {used:?}"
+        );
+        let missing: Vec<&String> = used.iter().filter(|m| !exported.contains(*m)).collect();
+        assert!(
+            missing.is_empty(),
+            "{reader} metrics not exported: {missing:?}"
+        );
+    }
     assert!(
         text.contains(r#"http_requests_total{method="POST",route="/api/v1/order",status="201"} 1"#),
         "route label is the matched route"
@@ -136,20 +131,10 @@ async fn every_metric_the_dashboard_uses_is_exported() {
 }
 
 /// Runs `tool` (promtool or amtool, installed by `scripts/deps.sh
-/// prometheus`) in `deploy/{dir}`; its output, once it succeeded.
+/// prometheus`) in `deploy/{dir}`.
 fn deploy_tool(tool: &str, dir: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(tool)
-        .args(args)
-        .current_dir(format!("{}/deploy/{dir}", env!("CARGO_MANIFEST_DIR")))
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is installed by scripts/deps.sh prometheus: {e}"));
-    assert!(
-        output.status.success(),
-        "{tool} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+    let dir = format!("{}/deploy/{dir}", env!("CARGO_MANIFEST_DIR"));
+    run_tool(tool, std::path::Path::new(&dir), args)
 }
 
 fn promtool(args: &[&str]) -> String {
@@ -515,18 +500,11 @@ async fn the_request_traceparent_travels_to_the_amqp_messages() {
 
 #[test]
 fn the_compose_file_is_valid_and_names_every_service() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let output = std::process::Command::new("docker-compose")
-        .args(["-f", "docker-compose.yaml", "config", "--services"])
-        .current_dir(root)
-        .output()
-        .expect("docker-compose is installed by scripts/deps.sh docker-compose");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let services = run_tool(
+        "docker-compose",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["-f", "docker-compose.yaml", "config", "--services"],
     );
-    let services = String::from_utf8_lossy(&output.stdout).to_string();
     for service in [
         "mongo",
         "rabbitmq",

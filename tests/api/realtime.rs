@@ -553,16 +553,7 @@ impl TlsRedis {
                 "server.ext",
             ],
         ] {
-            let out = std::process::Command::new("openssl")
-                .args(&args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl is installed by scripts/deps.sh redis-tls");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_tool("openssl", &dir, &args);
         }
         // The port is free when chosen but could be taken before the server
         // binds it: then the server exits, and another port is tried.
