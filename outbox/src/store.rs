@@ -14,7 +14,7 @@ use std::future::IntoFuture;
 use std::time::Duration;
 
 /// Set on a record once it waits on purpose (`DeliveryError::NotYet`) and
-/// kept through failed look-ups, cleared when it is parked; [`Outbox::stats`]
+/// kept through failed look-ups, cleared when it is parked or published; [`Outbox::stats`]
 /// counts pending ones apart and leaves them out of the oldest pending age.
 pub const DEFERRED: &str = "deferred";
 
@@ -220,7 +220,13 @@ impl Outbox {
             self.records
                 .update_many(
                     doc! { "_id": { "$in": chunk }, "status": "pending" },
-                    doc! { "$set": { "status": "published", "publishedAt": at } },
+                    // The mark goes too: the stats read marked records
+                    // through a sparse index, which should hold only those
+                    // still waiting.
+                    doc! {
+                        "$set": { "status": "published", "publishedAt": at },
+                        "$unset": { DEFERRED: "" },
+                    },
                 )
                 .into_future()
         });

@@ -486,6 +486,14 @@ async fn a_command_not_settled_yet_is_looked_at_again_later_without_counting_an_
     let record = &env.outbox.records_of("agg").await.expect("records")[0];
     assert_eq!(record.status, RecordStatus::Published);
     assert_eq!(record.attempts, 0);
+    // Published, it leaves the sparse index the stats read.
+    let marked = env
+        .db
+        .collection::<bson::Document>("outbox")
+        .count_documents(doc! { outbox::store::DEFERRED: { "$exists": true } })
+        .await
+        .expect("count");
+    assert_eq!(marked, 0, "the deferred mark is cleared on publish");
     env.db.drop().await.ok();
 }
 

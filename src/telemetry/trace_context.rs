@@ -11,9 +11,7 @@ use rand::Rng;
 /// `incoming` if it is a well-formed `traceparent`, else the current span's
 /// while traces are exported, else a new root one.
 pub fn continue_or_start(incoming: Option<&str>) -> String {
-    incoming
-        .filter(|v| is_valid(v))
-        .map(str::to_string)
+    well_formed(incoming)
         .or_else(apm::current_traceparent)
         .unwrap_or_else(new_root)
 }
@@ -22,7 +20,13 @@ pub fn continue_or_start(incoming: Option<&str>) -> String {
 /// while traces are exported (a child of `incoming`, in its trace), else
 /// `incoming` if well-formed, else a new root.
 pub fn for_what_follows(incoming: Option<&str>) -> String {
-    apm::current_traceparent().unwrap_or_else(|| continue_or_start(incoming))
+    apm::current_traceparent()
+        .or_else(|| well_formed(incoming))
+        .unwrap_or_else(new_root)
+}
+
+fn well_formed(incoming: Option<&str>) -> Option<String> {
+    incoming.filter(|v| is_valid(v)).map(str::to_string)
 }
 
 /// Version 00, a non-zero 32-hex trace id and 16-hex parent id, 2-hex flags.
