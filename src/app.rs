@@ -97,6 +97,7 @@ impl Application {
                 poll_interval: config.outbox_poll_interval,
                 scan_limit: config.outbox_scan_limit,
                 concurrency: config.outbox_concurrency,
+                rounds_in_flight: config.outbox_rounds_in_flight,
                 per_aggregate: config.outbox_per_aggregate,
                 ..RelayConfig::default()
             },

@@ -141,9 +141,11 @@ pub struct Config {
     /// Due records one relay round looks at; the aggregates a round starts
     /// are those found among them. At least 1.
     pub outbox_scan_limit: i64,
-    /// Aggregates one instance delivers at once, which is also its window
-    /// of unconfirmed publishes. At least 1.
+    /// Aggregates one relay round delivers at once. At least 1.
     pub outbox_concurrency: usize,
+    /// Relay rounds delivering and marking at once while the next one
+    /// scans, claims and reads. At least 1.
+    pub outbox_rounds_in_flight: usize,
     /// Records of one aggregate delivered under one lease before it is
     /// released to whoever scans next. At least 1.
     pub outbox_per_aggregate: i64,
@@ -446,6 +448,7 @@ impl Config {
             outbox_poll_interval: Duration::from_millis(vars.parse("OUTBOX_POLL_MS", 500)?),
             outbox_scan_limit: vars.count("OUTBOX_SCAN_LIMIT", 2000)?,
             outbox_concurrency: vars.count("OUTBOX_CONCURRENCY", 32)?,
+            outbox_rounds_in_flight: vars.count("OUTBOX_ROUNDS_IN_FLIGHT", 2)?,
             outbox_per_aggregate: vars.count("OUTBOX_PER_AGGREGATE", 100)?,
             outbox_retention: Duration::from_secs(
                 vars.parse::<u64>("OUTBOX_RETENTION_DAYS", 7)? * 86_400,
@@ -707,13 +710,15 @@ mod tests {
             (
                 defaults.outbox_scan_limit,
                 defaults.outbox_concurrency,
+                defaults.outbox_rounds_in_flight,
                 defaults.outbox_per_aggregate
             ),
-            (2000, 32, 100)
+            (2000, 32, 2, 100)
         );
         let set = config(&[
             ("OUTBOX_SCAN_LIMIT", "500"),
             ("OUTBOX_CONCURRENCY", "64"),
+            ("OUTBOX_ROUNDS_IN_FLIGHT", "3"),
             ("OUTBOX_PER_AGGREGATE", "10"),
         ])
         .expect("set");
@@ -721,13 +726,15 @@ mod tests {
             (
                 set.outbox_scan_limit,
                 set.outbox_concurrency,
+                set.outbox_rounds_in_flight,
                 set.outbox_per_aggregate
             ),
-            (500, 64, 10)
+            (500, 64, 3, 10)
         );
         for variable in [
             "OUTBOX_SCAN_LIMIT",
             "OUTBOX_CONCURRENCY",
+            "OUTBOX_ROUNDS_IN_FLIGHT",
             "OUTBOX_PER_AGGREGATE",
         ] {
             assert_eq!(config(&[(variable, "0")]).unwrap_err().variable, variable);

@@ -7,7 +7,10 @@
 //! concurrently, sharing one confirm-mode channel, which pipelines publishes
 //! across aggregates. The confirmed records are then marked published and
 //! the leases released, each in one go, so the database work is per round
-//! rather than per record.
+//! rather than per record. The running loop hands a round's delivery and
+//! writes to a task of their own and goes on to scan, claim and read the
+//! next round (`rounds_in_flight` at once, on disjoint aggregates), so the
+//! database's round trips and the broker's confirms overlap.
 //!
 //! The loop wakes on the outbox change stream, on [`Waker::wake`] from the
 //! same process, and on a polling interval as a fallback. A process that
@@ -28,7 +31,7 @@ use bson::{DateTime, Document, doc};
 use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use lapin::Channel;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,8 +46,11 @@ pub struct RelayConfig {
     pub instance_id: String,
     /// Most due records looked at per round.
     pub scan_limit: i64,
-    /// Aggregates delivered at once.
+    /// Aggregates delivered at once by one round.
     pub concurrency: usize,
+    /// Rounds delivering and marking at once, beside the next round's
+    /// scan, claim and read; each holds aggregates of its own.
+    pub rounds_in_flight: usize,
     /// Most records of one aggregate delivered under one lease.
     pub per_aggregate: i64,
     /// Fallback polling when no change-stream event or local wake-up comes.
@@ -71,6 +77,7 @@ impl Default for RelayConfig {
             // what is due, so rounds under normal load stay small.
             scan_limit: 2000,
             concurrency: 32,
+            rounds_in_flight: 2,
             per_aggregate: 100,
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
@@ -97,10 +104,10 @@ pub struct RoundOutcome {
     /// Due records were left for another round: the scan was full, or an
     /// aggregate had more than `per_aggregate` pending.
     pub more: bool,
-    /// Due records were left alone because the previous round was still
-    /// marking others of their aggregates, or a sweep of the backlog found
-    /// only records the previous round was marking: the next round
-    /// follows that mark at once.
+    /// Due records were left alone because a round still in flight holds
+    /// their aggregates and did not read them, or a sweep of the backlog
+    /// found only records that rounds in flight read: the next round
+    /// follows those rounds at once.
     pub deferred: bool,
 }
 
@@ -339,23 +346,25 @@ impl Relay {
     /// Aggregates go concurrently on the shared confirm-mode channel; within
     /// one, each record waits for its predecessor's confirm.
     pub async fn run_once(&self) -> Result<RoundOutcome> {
-        let (outcome, finish) = self.round(&Busy::default(), true, Vec::new()).await?;
-        if let Some(finish) = finish {
-            self.finish(finish).await?;
+        let (mut outcome, claimed) = self.round(&[], true, Vec::new()).await?;
+        if let Some(claimed) = claimed {
+            outcome.add(self.complete(claimed).await?);
         }
         Ok(outcome)
     }
 
-    /// A round up to its last confirm, leaving aggregates in `busy` alone;
-    /// what is left to write is returned for [`Relay::finish`], which the
-    /// loop runs while the next round delivers. It works on what a scan
-    /// finds, if `scan`, and on the aggregates `handed` over.
+    /// A round up to the read of its claimed aggregates' pending records,
+    /// leaving alone the aggregates that rounds still in flight (`busy`)
+    /// hold; the delivery and the writes after it are returned for
+    /// [`Relay::complete`], which the loop runs while the next round scans,
+    /// claims and reads. It works on what a scan finds, if `scan`, and on
+    /// the aggregates `handed` over.
     async fn round(
         &self,
-        busy: &Busy,
+        busy: &[&Busy],
         scan: bool,
         handed: Vec<String>,
-    ) -> Result<(RoundOutcome, Option<Finish>)> {
+    ) -> Result<(RoundOutcome, Option<Claimed>)> {
         let mut due = if scan {
             self.due_aggregates().await?
         } else {
@@ -422,42 +431,55 @@ impl Relay {
             return Ok((total, None));
         }
         let claimed_at = Instant::now();
+        let (pending, capped) = match self.pending_of(&claimed).await {
+            Ok(read) => read,
+            Err(e) => {
+                // Nothing was sent: the records are still pending, and the
+                // next round (here or elsewhere) claims them again.
+                self.leases.release_many(&claimed).await?;
+                return Err(e);
+            }
+        };
+        total.more |= capped;
         // A span per batch that has work: idle rounds make none.
         let span = tracing::info_span!(
             "outbox.relay.batch",
             aggregates = claimed.len(),
             delivered = tracing::field::Empty,
         );
-        match self
-            .deliver_claimed(&claimed, channel.as_ref(), claimed_at)
-            .instrument(span.clone())
-            .await
-        {
-            Ok((outcome, delivered)) => {
-                span.record("delivered", outcome.delivered);
-                total.add(outcome);
-                Ok((total, Some(Finish { delivered, claimed })))
-            }
-            Err(e) => {
-                // Nothing confirmed is lost: unmarked records are still
-                // pending, and the next round (here or elsewhere) sends
-                // them again.
-                self.leases.release_many(&claimed).await?;
-                Err(e)
-            }
-        }
+        let claimed = Claimed {
+            claimed,
+            pending,
+            channel,
+            claimed_at,
+            span,
+        };
+        Ok((total, Some(claimed)))
     }
 
-    /// Marks a round's confirmed records published, then releases its
-    /// leases, whatever the mark did.
-    async fn finish(&self, finish: Finish) -> Result<()> {
+    /// Delivers a round's claimed records, then marks the confirmed ones
+    /// published and releases the leases, whatever the mark did.
+    async fn complete(&self, claimed: Claimed) -> Result<RoundOutcome> {
+        let Claimed {
+            claimed,
+            pending,
+            channel,
+            claimed_at,
+            span,
+        } = claimed;
+        let (outcome, delivered) = self
+            .deliver_claimed(pending, channel.as_ref(), claimed_at)
+            .instrument(span.clone())
+            .await;
+        span.record("delivered", outcome.delivered);
         // Chaos: the process dies with the records confirmed but not marked;
         // another relay sends them again once the leases expire.
         fail::fail_point!("outbox-before-mark", |_| std::process::abort());
-        let marked = self.outbox.mark_published(&finish.delivered).await;
-        let released = self.leases.release_many(&finish.claimed).await;
+        let marked = self.outbox.mark_published(&delivered).await;
+        let released = self.leases.release_many(&claimed).await;
         marked?;
-        released
+        released?;
+        Ok(outcome)
     }
 
     async fn due_aggregates(&self) -> Result<DueAggregates> {
@@ -529,21 +551,17 @@ impl Relay {
     /// of the confirmed ones, still to be marked.
     async fn deliver_claimed(
         &self,
-        claimed: &[String],
+        pending: Vec<Vec<OutboxRecord>>,
         channel: Option<&Channel>,
         claimed_at: Instant,
-    ) -> Result<(RoundOutcome, Vec<String>)> {
-        let (pending, capped) = self.pending_of(claimed).await?;
+    ) -> (RoundOutcome, Vec<String>) {
         let now = DateTime::now();
         let chains: Vec<Chain> = futures::stream::iter(pending)
             .map(|records| self.deliver_chain(records, channel, claimed_at, now))
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
-        let mut total = RoundOutcome {
-            more: capped,
-            ..RoundOutcome::default()
-        };
+        let mut total = RoundOutcome::default();
         let mut delivered = Vec::new();
         for chain in chains {
             delivered.extend(chain.delivered);
@@ -555,7 +573,7 @@ impl Relay {
                 total.waiting = true;
             }
         }
-        Ok((total, delivered))
+        (total, delivered)
     }
 
     /// The pending records of `aggregates`, each aggregate's in `seq` order
@@ -897,40 +915,43 @@ impl DueAggregates {
         self.aggregates.iter().any(|a| a.amqp)
     }
 
-    /// Leaves out the aggregates `busy` holds, and says what they held.
-    fn skip(&mut self, busy: &Busy) -> Skipped {
+    /// Leaves out the aggregates that a round in flight (`busy`) holds, and
+    /// says what they held.
+    fn skip(&mut self, busy: &[&Busy]) -> Skipped {
         let mut skipped = Skipped::default();
         self.aggregates.retain(|a| {
-            let held = busy.aggregates.contains(&a.id);
+            let Some(holder) = busy.iter().find(|b| b.aggregates.contains(&a.id)) else {
+                return true;
+            };
             // A handed-over aggregate was committed after `busy` was read.
             let unmarked = a
                 .records
                 .as_ref()
-                .is_none_or(|records| records.iter().any(|r| !busy.records.contains(r)));
-            skipped.any |= held;
-            skipped.unmarked |= held && unmarked;
-            !held
+                .is_none_or(|records| records.iter().any(|r| !holder.records.contains(r)));
+            skipped.any = true;
+            skipped.unmarked |= unmarked;
+            false
         });
         skipped
     }
 }
 
-/// The due aggregates a round left to the finish still running.
+/// The due aggregates a round left to the rounds still in flight.
 #[derive(Default)]
 struct Skipped {
     any: bool,
-    /// One has a due record the finish is not marking, so it needs another
-    /// round.
+    /// One has a due record that no round in flight read, so it needs
+    /// another round.
     unmarked: bool,
 }
 
 impl Skipped {
-    /// Whether the next round waits for the running finish and then runs at
-    /// once. While a backlog is swept (`sweeping`), a window can hold
-    /// nothing but the records the finish is marking (a batch committed at
-    /// one instant is scanned twice): the next window waits for that mark,
-    /// not for a poll. A window with other work (`other_work`) goes on at
-    /// once, and the mark runs on beside it.
+    /// Whether the next round waits for the rounds in flight and then runs
+    /// at once. While a backlog is swept (`sweeping`), a window can hold
+    /// nothing but records that rounds in flight read (a batch committed at
+    /// one instant is scanned twice): the next window waits for them, not
+    /// for a poll. A window with other work (`other_work`) goes on at once,
+    /// and the rounds in flight run on beside it.
     fn defers(&self, sweeping: bool, other_work: bool) -> bool {
         self.unmarked || (self.any && sweeping && !other_work)
     }
@@ -944,19 +965,23 @@ struct DueAggregate {
     records: Option<Vec<String>>,
 }
 
-/// What a finish still running holds: the aggregates it will release and
-/// the records it will mark published (until then they look pending).
+/// What a round in flight holds: the aggregates it will release and the
+/// records it read, to deliver and mark published (until then they look
+/// pending).
 #[derive(Default)]
 struct Busy {
     aggregates: HashSet<String>,
     records: HashSet<String>,
 }
 
-/// What a round leaves to write once its last confirm is in: its
-/// confirmed records to mark published and its leases to release.
-struct Finish {
-    delivered: Vec<String>,
+/// A round claimed and read, ready for [`Relay::complete`].
+struct Claimed {
     claimed: Vec<String>,
+    /// Each claimed aggregate's pending records, in `seq` order.
+    pending: Vec<Vec<OutboxRecord>>,
+    channel: Option<Channel>,
+    claimed_at: Instant,
+    span: tracing::Span,
 }
 
 /// What delivering one aggregate's records came to.
@@ -1046,10 +1071,12 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     let mut reconnects = relay.broker.as_ref().map(Broker::reconnects);
     // When a round last found the broker unreachable.
     let mut broker_down: Option<Instant> = None;
-    // The previous round's mark and release, written while the next round
-    // scans, claims and publishes, so a commit made meanwhile does not wait
-    // for them.
-    let mut finishing: Option<Finishing> = None;
+    // Rounds delivering, marking and releasing in their own tasks while
+    // the next round scans, claims and reads, so neither waits for the
+    // other's round trips; oldest first. What the settled ones did counts
+    // towards the next decision.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut settled = RoundOutcome::default();
     // Whether the next round scans whatever the wake-ups ask: it does
     // unless the last wait ended on a wake-up, and at least once per
     // `poll_interval` however often hand-overs wake the relay (only a scan
@@ -1080,9 +1107,7 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 continue;
             }
         }
-        if finishing.as_ref().is_some_and(Finishing::is_done) {
-            settle(&mut finishing).await;
-        }
+        settle_done(&mut in_flight, &mut settled).await;
         let (asked, handed) = relay.waker.take();
         let scan = std::mem::replace(&mut scan_next, true) || asked;
         // Otherwise the wake-up was for aggregates an earlier round took,
@@ -1091,31 +1116,33 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             if scan {
                 last_scan = Instant::now();
             }
-            let idle = Busy::default();
-            let busy = finishing.as_ref().map_or(&idle, |f| &f.busy);
-            let round = match relay.round(busy, scan, handed).await {
-                Ok((round, finish)) => {
-                    // A round that left the running finish's aggregates
-                    // alone runs again once they are marked. The finish is
-                    // kept until it is settled: dropping it would lose what
-                    // it holds, and a later round could claim its
+            let busy: Vec<&Busy> = in_flight.iter().map(|f| &f.busy).collect();
+            let round = match relay.round(&busy, scan, handed).await {
+                Ok((mut round, claimed)) => {
+                    // A round that left the aggregates of rounds in flight
+                    // alone runs again once they are done. A round in
+                    // flight is kept until it is settled: dropping it would
+                    // lose what it holds, and a later round could claim its
                     // aggregates (their leases are this instance's own) and
                     // send their records again.
                     if round.deferred {
-                        settle(&mut finishing).await;
+                        settle_all(&mut in_flight, &mut settled).await;
                     }
-                    // One finish at a time.
-                    if let Some(finish) = finish {
-                        settle(&mut finishing).await;
-                        finishing = Some(Finishing::start(relay.clone(), finish));
+                    let started = claimed.is_some();
+                    if let Some(claimed) = claimed {
+                        while in_flight.len() >= relay.config.rounds_in_flight.max(1) {
+                            settle_oldest(&mut in_flight, &mut settled).await;
+                        }
+                        in_flight.push_back(InFlight::start(relay.clone(), claimed));
                     }
-                    Ok(round)
+                    round.add(std::mem::take(&mut settled));
+                    Ok((round, started))
                 }
                 Err(e) => Err(e),
             };
             pause = match round {
-                Ok(round) if round.deferred && !round.broker_unavailable => continue,
-                Ok(round) if round.broker_unavailable => {
+                Ok((round, _)) if round.deferred && !round.broker_unavailable => continue,
+                Ok((round, _)) if round.broker_unavailable => {
                     broker_down = Some(Instant::now());
                     relay.outage.send_replace(true);
                     let pause = reconnect.next().unwrap_or(Duration::from_secs(1));
@@ -1127,15 +1154,15 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 // Work left behind: at once. Otherwise a commit made during
                 // the round has already left its wake-up, and the wait ends
                 // at once.
-                Ok(round) if round.progressed() && round.more => {
+                Ok((round, started)) if (started || round.progressed()) && round.more => {
                     outage = outage_backoff();
                     continue;
                 }
-                Ok(round) if round.progressed() => {
+                Ok((round, started)) if started || round.progressed() => {
                     outage = outage_backoff();
                     relay.config.poll_interval
                 }
-                Ok(round) if round.waiting => outage.next().unwrap_or(Duration::from_secs(5)),
+                Ok((round, _)) if round.waiting => outage.next().unwrap_or(Duration::from_secs(5)),
                 Ok(_) => {
                     outage = outage_backoff();
                     relay.config.poll_interval
@@ -1154,43 +1181,70 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             _ = tokio::time::sleep(pause) => {}
         }
     }
-    settle(&mut finishing).await;
+    settle_all(&mut in_flight, &mut settled).await;
     tracing::info!("relay stopped");
 }
 
-/// A round's [`Finish`] running in its own task.
-struct Finishing {
-    /// What the next round leaves alone meanwhile.
+/// A round's [`Relay::complete`] running in its own task.
+struct InFlight {
+    /// What the next rounds leave alone meanwhile.
     busy: Busy,
-    task: tokio::task::JoinHandle<Result<()>>,
+    task: tokio::task::JoinHandle<Result<RoundOutcome>>,
 }
 
-impl Finishing {
-    fn start(relay: Arc<Relay>, finish: Finish) -> Self {
+impl InFlight {
+    fn start(relay: Arc<Relay>, claimed: Claimed) -> Self {
         Self {
             busy: Busy {
-                aggregates: finish.claimed.iter().cloned().collect(),
-                records: finish.delivered.iter().cloned().collect(),
+                aggregates: claimed.claimed.iter().cloned().collect(),
+                records: claimed
+                    .pending
+                    .iter()
+                    .flatten()
+                    .map(|r| r.message_id.clone())
+                    .collect(),
             },
-            task: tokio::spawn(async move { relay.finish(finish).await }),
+            task: tokio::spawn(async move { relay.complete(claimed).await }),
         }
     }
 
-    fn is_done(&self) -> bool {
-        self.task.is_finished()
+    /// Waits for the round; what it did, or, if it failed, a wait before
+    /// the next.
+    async fn settle(self) -> RoundOutcome {
+        let failed = match self.task.await {
+            Ok(Ok(outcome)) => return outcome,
+            // The records stay pending and go again: at least once.
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %failed, "relay round failed");
+        RoundOutcome {
+            waiting: true,
+            ..RoundOutcome::default()
+        }
     }
 }
 
-/// Waits for a running finish, if any.
-async fn settle(finishing: &mut Option<Finishing>) {
-    let Some(finishing) = finishing.take() else {
-        return;
-    };
-    match finishing.task.await {
-        Ok(Ok(())) => {}
-        // The records stay pending and go again: at least once.
-        Ok(Err(e)) => tracing::warn!(error = %e, "marking a round published failed"),
-        Err(e) => tracing::warn!(error = %e, "marking a round published stopped"),
+/// Settles the rounds in flight that are done.
+async fn settle_done(in_flight: &mut VecDeque<InFlight>, settled: &mut RoundOutcome) {
+    let (done, running): (VecDeque<InFlight>, VecDeque<InFlight>) = std::mem::take(in_flight)
+        .into_iter()
+        .partition(|f| f.task.is_finished());
+    *in_flight = running;
+    for round in done {
+        settled.add(round.settle().await);
+    }
+}
+
+async fn settle_oldest(in_flight: &mut VecDeque<InFlight>, settled: &mut RoundOutcome) {
+    if let Some(round) = in_flight.pop_front() {
+        settled.add(round.settle().await);
+    }
+}
+
+async fn settle_all(in_flight: &mut VecDeque<InFlight>, settled: &mut RoundOutcome) {
+    while !in_flight.is_empty() {
+        settle_oldest(in_flight, settled).await;
     }
 }
 
@@ -1348,7 +1402,8 @@ mod tests {
     }
 
     #[test]
-    fn aggregates_still_being_marked_are_skipped_and_deferred_only_for_records_not_marked() {
+    fn aggregates_of_rounds_in_flight_are_skipped_and_deferred_only_for_records_they_did_not_read()
+    {
         let record = |id: &str, aggregate: &str| {
             doc! {
                 "_id": id,
@@ -1358,10 +1413,11 @@ mod tests {
             }
         };
         let scan = [record("r1", "a"), record("r2", "b"), record("r3", "a")];
-        let busy = |records: &[&str]| Busy {
-            aggregates: HashSet::from(["a".to_string()]),
+        let holding = |aggregate: &str, records: &[&str]| Busy {
+            aggregates: HashSet::from([aggregate.to_string()]),
             records: records.iter().map(|r| r.to_string()).collect(),
         };
+        let busy = |records: &[&str]| holding("a", records);
         let ids = |due: &DueAggregates| {
             due.aggregates
                 .iter()
@@ -1374,19 +1430,30 @@ mod tests {
             due.aggregates[0].records,
             Some(vec!["r1".to_string(), "r3".to_string()])
         );
-        // Every due record of `a` is being marked: nothing to come back for
+        // Every due record of `a` is in flight: nothing to come back for
         // (unless a sweep goes on past it).
-        let skipped = due.skip(&busy(&["r1", "r3"]));
+        let skipped = due.skip(&[&busy(&["r1", "r3"])]);
         assert!(skipped.any && !skipped.unmarked);
         assert_eq!(ids(&due), ["b"]);
 
-        // `r3` came after the round that is marking `r1`.
+        // `r3` came after the round that read `r1`.
         let mut due = DueAggregates::from_scan(&scan);
-        assert!(due.skip(&busy(&["r1"])).unmarked);
+        assert!(due.skip(&[&busy(&["r1"])]).unmarked);
         assert_eq!(ids(&due), ["b"]);
 
+        // Two rounds in flight: each aggregate's records are checked
+        // against the round that holds it, not against the other's.
         let mut due = DueAggregates::from_scan(&scan);
-        let skipped = due.skip(&Busy::default());
+        let (b, a) = (holding("b", &["r2"]), busy(&["r1", "r3"]));
+        let skipped = due.skip(&[&b, &a]);
+        assert!(skipped.any && !skipped.unmarked);
+        assert!(ids(&due).is_empty());
+        let mut due = DueAggregates::from_scan(&scan);
+        let (b, a) = (holding("b", &["r1", "r3"]), busy(&["r2"]));
+        assert!(due.skip(&[&b, &a]).unmarked);
+
+        let mut due = DueAggregates::from_scan(&scan);
+        let skipped = due.skip(&[]);
         assert!(!skipped.any && !skipped.unmarked);
         assert_eq!(ids(&due), ["a", "b"]);
 
@@ -1396,23 +1463,26 @@ mod tests {
         due.hand(vec!["b".into(), "a".into(), "a".into()]);
         assert_eq!(ids(&due), ["b", "a"]);
         assert!(due.aggregates[1].amqp && due.aggregates[1].records.is_none());
-        // Its records are unknown, so one being marked is come back for.
-        assert!(due.skip(&busy(&["r1", "r3"])).unmarked);
+        // Its records are unknown, so one in flight is come back for.
+        assert!(due.skip(&[&busy(&["r1", "r3"])]).unmarked);
         assert_eq!(ids(&due), ["b"]);
     }
 
     #[test]
-    fn a_sweep_waits_for_the_mark_only_when_its_window_held_nothing_else() {
-        let marking = Skipped {
+    fn a_sweep_waits_for_rounds_in_flight_only_when_its_window_held_nothing_else() {
+        let in_flight = Skipped {
             any: true,
             unmarked: false,
         };
         assert!(
-            marking.defers(true, false),
-            "waits for the mark, not a poll"
+            in_flight.defers(true, false),
+            "waits for the rounds in flight, not a poll"
         );
-        assert!(!marking.defers(true, true), "other work goes on beside it");
-        assert!(!marking.defers(false, false), "no backlog behind it");
+        assert!(
+            !in_flight.defers(true, true),
+            "other work goes on beside it"
+        );
+        assert!(!in_flight.defers(false, false), "no backlog behind it");
         let unmarked = Skipped {
             any: true,
             unmarked: true,

@@ -1074,3 +1074,97 @@ async fn a_round_with_nothing_to_mark_keeps_the_running_mark_so_nothing_is_sent_
     );
     env.db.drop().await.ok();
 }
+
+/// A command that runs until the test opens it.
+#[derive(Default)]
+struct Gate {
+    entered: AtomicUsize,
+    open: tokio::sync::Notify,
+}
+
+impl Handler for Gate {
+    fn handle<'a>(&'a self, _record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            self.open.notified().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
+    let env = env().await;
+    let gate = Arc::new(Gate::default());
+    let counter = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    let relay = Relay::new(env.outbox.clone(), test_relay(&env))
+        .with_handler("slow", gate.clone())
+        .with_handler("count", counter.clone());
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+
+    // A command hanging on its provider, as a refund can for most of the
+    // lease, holds only its own round.
+    stage(
+        &env,
+        vec![NewRecord::command(
+            "refund-1",
+            "slow",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    waker.hand(["refund-1"]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while gate.entered.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the slow command started");
+
+    stage(
+        &env,
+        vec![NewRecord::command(
+            "order-2",
+            "count",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    waker.hand(["order-2"]);
+    tokio::time::timeout(Duration::from_secs(10), counter.called(1))
+        .await
+        .expect("a later record goes while the slow round is still in flight");
+    let slow = env.outbox.records_of("refund-1").await.expect("records");
+    assert_eq!(slow[0].status, RecordStatus::Pending, "still running");
+
+    gate.open.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let slow = env.outbox.records_of("refund-1").await.expect("records");
+            let fast = env.outbox.records_of("order-2").await.expect("records");
+            if [slow, fast]
+                .concat()
+                .iter()
+                .all(|r| r.status == RecordStatus::Published)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both marked published");
+    handle.shutdown().await;
+    assert_eq!(
+        gate.entered.load(Ordering::SeqCst),
+        1,
+        "the slow one ran once"
+    );
+    assert_eq!(counter.calls.load(Ordering::SeqCst), 1);
+    env.db.drop().await.ok();
+}

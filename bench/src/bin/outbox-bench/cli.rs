@@ -22,7 +22,9 @@ usage: outbox-bench [flags]
   --outage-seconds S       how long the broker is cut off in the outage phase (default 3)
   --outage-run S           length of the outage phase (default 12)
   --scan-limit N           relay: due records per round (default: the service's, 2000)
-  --relay-concurrency N    relay: aggregates at once (default: the service's, 32)
+  --relay-concurrency N    relay: aggregates at once per round (default: the service's, 32)
+  --rounds-in-flight N     relay: rounds delivering beside the next round's scan (default:
+                           the service's, 2)
   --per-aggregate N        relay: records per aggregate per lease (default: the service's, 100)
   --only LIST              comma-separated phases: tx,broker,floor,log,e2e,latency,drain,http,
                            outage
@@ -48,6 +50,7 @@ pub struct Args {
     pub outage_run: Duration,
     pub scan_limit: Option<i64>,
     pub relay_concurrency: Option<usize>,
+    pub rounds_in_flight: Option<usize>,
     pub per_aggregate: Option<i64>,
     pub only: Option<Vec<String>>,
     pub monitor: bool,
@@ -79,6 +82,7 @@ impl Args {
             outage_run: Duration::from_secs(12),
             scan_limit: None,
             relay_concurrency: None,
+            rounds_in_flight: None,
             per_aggregate: None,
             only: None,
             monitor: true,
@@ -124,6 +128,9 @@ impl Args {
                 "--scan-limit" => args.scan_limit = Some(value.parse().map_err(|_| bad())?),
                 "--relay-concurrency" => {
                     args.relay_concurrency = Some(value.parse().map_err(|_| bad())?)
+                }
+                "--rounds-in-flight" => {
+                    args.rounds_in_flight = Some(value.parse().map_err(|_| bad())?)
                 }
                 "--per-aggregate" => args.per_aggregate = Some(value.parse().map_err(|_| bad())?),
                 "--only" => {

@@ -194,6 +194,10 @@ impl Bench {
             instance_id: format!("bench-{}-{phase}", self.run),
             scan_limit: self.args.scan_limit.unwrap_or(defaults.scan_limit),
             concurrency: self.args.relay_concurrency.unwrap_or(defaults.concurrency),
+            rounds_in_flight: self
+                .args
+                .rounds_in_flight
+                .unwrap_or(defaults.rounds_in_flight),
             per_aggregate: self.args.per_aggregate.unwrap_or(defaults.per_aggregate),
             watch_changes: self.args.watch,
             ..defaults
