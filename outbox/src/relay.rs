@@ -31,7 +31,7 @@ use bson::{DateTime, Document, doc};
 use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use lapin::Channel;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -106,8 +106,8 @@ pub struct RoundOutcome {
     pub more: bool,
     /// Due records were left alone because a round still in flight holds
     /// their aggregates and did not read them, or a sweep of the backlog
-    /// found only records that rounds in flight read: the next round
-    /// follows those rounds at once.
+    /// found only records that rounds in flight read: another round
+    /// follows as soon as one of those ends.
     pub deferred: bool,
 }
 
@@ -946,12 +946,12 @@ struct Skipped {
 }
 
 impl Skipped {
-    /// Whether the next round waits for the rounds in flight and then runs
-    /// at once. While a backlog is swept (`sweeping`), a window can hold
-    /// nothing but records that rounds in flight read (a batch committed at
-    /// one instant is scanned twice): the next window waits for them, not
-    /// for a poll. A window with other work (`other_work`) goes on at once,
-    /// and the rounds in flight run on beside it.
+    /// Whether another round follows as soon as a round in flight ends.
+    /// While a backlog is swept (`sweeping`), a window can hold nothing but
+    /// records that rounds in flight read (a batch committed at one instant
+    /// is scanned twice): the next window waits for them, not for a poll.
+    /// A window with other work (`other_work`) goes on at once, and the
+    /// rounds in flight run on beside it.
     fn defers(&self, sweeping: bool, other_work: bool) -> bool {
         self.unmarked || (self.any && sweeping && !other_work)
     }
@@ -1073,10 +1073,12 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     let mut broker_down: Option<Instant> = None;
     // Rounds delivering, marking and releasing in their own tasks while
     // the next round scans, claims and reads, so neither waits for the
-    // other's round trips; oldest first. What the settled ones did counts
-    // towards the next decision.
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut settled = RoundOutcome::default();
+    // other's round trips.
+    let mut in_flight = InFlightRounds::default();
+    // A round left due records to rounds in flight: the next one runs as
+    // soon as one of those ends, not after a poll, and meanwhile the loop
+    // is free for other work.
+    let mut follow = false;
     // Whether the next round scans whatever the wake-ups ask: it does
     // unless the last wait ended on a wake-up, and at least once per
     // `poll_interval` however often hand-overs wake the relay (only a scan
@@ -1107,7 +1109,7 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 continue;
             }
         }
-        settle_done(&mut in_flight, &mut settled).await;
+        in_flight.settle_done().await;
         let (asked, handed) = relay.waker.take();
         let scan = std::mem::replace(&mut scan_next, true) || asked;
         // Otherwise the wake-up was for aggregates an earlier round took,
@@ -1116,32 +1118,21 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             if scan {
                 last_scan = Instant::now();
             }
-            let busy: Vec<&Busy> = in_flight.iter().map(|f| &f.busy).collect();
-            let round = match relay.round(&busy, scan, handed).await {
+            let round = match relay.round(&in_flight.busy(), scan, handed).await {
                 Ok((mut round, claimed)) => {
-                    // A round that left the aggregates of rounds in flight
-                    // alone runs again once they are done. A round in
-                    // flight is kept until it is settled: dropping it would
-                    // lose what it holds, and a later round could claim its
-                    // aggregates (their leases are this instance's own) and
-                    // send their records again.
-                    if round.deferred {
-                        settle_all(&mut in_flight, &mut settled).await;
-                    }
+                    follow |= round.deferred;
                     let started = claimed.is_some();
                     if let Some(claimed) = claimed {
-                        while in_flight.len() >= relay.config.rounds_in_flight.max(1) {
-                            settle_oldest(&mut in_flight, &mut settled).await;
-                        }
-                        in_flight.push_back(InFlight::start(relay.clone(), claimed));
+                        in_flight
+                            .start(relay.clone(), claimed, relay.config.rounds_in_flight)
+                            .await;
                     }
-                    round.add(std::mem::take(&mut settled));
+                    round.add(in_flight.take_settled());
                     Ok((round, started))
                 }
                 Err(e) => Err(e),
             };
             pause = match round {
-                Ok((round, _)) if round.deferred && !round.broker_unavailable => continue,
                 Ok((round, _)) if round.broker_unavailable => {
                     broker_down = Some(Instant::now());
                     relay.outage.send_replace(true);
@@ -1173,15 +1164,20 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 }
             };
         }
+        if follow && in_flight.is_empty() {
+            follow = false;
+            continue;
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = relay.waker.woken() => {
                 scan_next = last_scan.elapsed() >= relay.config.poll_interval;
             }
+            _ = in_flight.one_ended(), if follow => follow = false,
             _ = tokio::time::sleep(pause) => {}
         }
     }
-    settle_all(&mut in_flight, &mut settled).await;
+    in_flight.settle_all().await;
     tracing::info!("relay stopped");
 }
 
@@ -1193,21 +1189,6 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn start(relay: Arc<Relay>, claimed: Claimed) -> Self {
-        Self {
-            busy: Busy {
-                aggregates: claimed.claimed.iter().cloned().collect(),
-                records: claimed
-                    .pending
-                    .iter()
-                    .flatten()
-                    .map(|r| r.message_id.clone())
-                    .collect(),
-            },
-            task: tokio::spawn(async move { relay.complete(claimed).await }),
-        }
-    }
-
     /// Waits for the round; what it did, or, if it failed, a wait before
     /// the next.
     async fn settle(self) -> RoundOutcome {
@@ -1225,26 +1206,79 @@ impl InFlight {
     }
 }
 
-/// Settles the rounds in flight that are done.
-async fn settle_done(in_flight: &mut VecDeque<InFlight>, settled: &mut RoundOutcome) {
-    let (done, running): (VecDeque<InFlight>, VecDeque<InFlight>) = std::mem::take(in_flight)
-        .into_iter()
-        .partition(|f| f.task.is_finished());
-    *in_flight = running;
-    for round in done {
-        settled.add(round.settle().await);
-    }
+/// The loop's rounds in flight. A round is kept until it is settled:
+/// dropping it would lose what it holds, and a later round could claim its
+/// aggregates (their leases are this instance's own) and send their
+/// records again.
+#[derive(Default)]
+struct InFlightRounds {
+    rounds: Vec<InFlight>,
+    /// Told by each round as it ends; a permit left by one already settled
+    /// only costs an early look.
+    ended: Arc<Notify>,
+    /// What the rounds settled since the last [`Self::take_settled`] did.
+    settled: RoundOutcome,
 }
 
-async fn settle_oldest(in_flight: &mut VecDeque<InFlight>, settled: &mut RoundOutcome) {
-    if let Some(round) = in_flight.pop_front() {
-        settled.add(round.settle().await);
+impl InFlightRounds {
+    fn busy(&self) -> Vec<&Busy> {
+        self.rounds.iter().map(|r| &r.busy).collect()
     }
-}
 
-async fn settle_all(in_flight: &mut VecDeque<InFlight>, settled: &mut RoundOutcome) {
-    while !in_flight.is_empty() {
-        settle_oldest(in_flight, settled).await;
+    fn is_empty(&self) -> bool {
+        self.rounds.is_empty()
+    }
+
+    /// Starts a round, once fewer than `most` are in flight. It waits for
+    /// whichever ends first, so one held up by a slow destination does not
+    /// hold up the others.
+    async fn start(&mut self, relay: Arc<Relay>, claimed: Claimed, most: usize) {
+        self.settle_done().await;
+        while self.rounds.len() >= most.max(1) {
+            self.ended.notified().await;
+            self.settle_done().await;
+        }
+        let busy = Busy {
+            aggregates: claimed.claimed.iter().cloned().collect(),
+            records: claimed
+                .pending
+                .iter()
+                .flatten()
+                .map(|r| r.message_id.clone())
+                .collect(),
+        };
+        let ended = self.ended.clone();
+        let task = tokio::spawn(async move {
+            let outcome = relay.complete(claimed).await;
+            ended.notify_one();
+            outcome
+        });
+        self.rounds.push(InFlight { busy, task });
+    }
+
+    /// Until a round in flight ends (or a permit from one settled already).
+    async fn one_ended(&self) {
+        self.ended.notified().await;
+    }
+
+    async fn settle_done(&mut self) {
+        let (done, running) = std::mem::take(&mut self.rounds)
+            .into_iter()
+            .partition::<Vec<_>, _>(|r| r.task.is_finished());
+        self.rounds = running;
+        for round in done {
+            self.settled.add(round.settle().await);
+        }
+    }
+
+    async fn settle_all(&mut self) {
+        for round in std::mem::take(&mut self.rounds) {
+            self.settled.add(round.settle().await);
+        }
+    }
+
+    fn take_settled(&mut self) -> RoundOutcome {
+        std::mem::take(&mut self.settled)
     }
 }
 

@@ -1125,6 +1125,10 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
     })
     .await
     .expect("the slow command started");
+    // Handed over again while in flight: the round that finds it busy
+    // follows the slow one, without waiting for it meanwhile.
+    waker.hand(["refund-1"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
 
     stage(
         &env,
