@@ -1247,11 +1247,12 @@ impl InFlightRounds {
                 .map(|r| r.message_id.clone())
                 .collect(),
         };
-        let ended = self.ended.clone();
+        let ended = Ended(self.ended.clone());
         let task = tokio::spawn(async move {
-            let outcome = relay.complete(claimed).await;
-            ended.notify_one();
-            outcome
+            // Told however the task ends, a panic included, so the loop
+            // never waits for room or a follow-up that cannot come.
+            let _ended = ended;
+            relay.complete(claimed).await
         });
         self.rounds.push(InFlight { busy, task });
     }
@@ -1279,6 +1280,15 @@ impl InFlightRounds {
 
     fn take_settled(&mut self) -> RoundOutcome {
         std::mem::take(&mut self.settled)
+    }
+}
+
+/// Tells the loop that a round in flight ended, when dropped.
+struct Ended(Arc<Notify>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 
