@@ -448,7 +448,7 @@ impl Config {
             outbox_poll_interval: Duration::from_millis(vars.parse("OUTBOX_POLL_MS", 500)?),
             outbox_scan_limit: vars.count("OUTBOX_SCAN_LIMIT", 2000)?,
             outbox_concurrency: vars.count("OUTBOX_CONCURRENCY", 32)?,
-            outbox_rounds_in_flight: vars.count("OUTBOX_ROUNDS_IN_FLIGHT", 2)?,
+            outbox_rounds_in_flight: vars.count("OUTBOX_ROUNDS_IN_FLIGHT", 3)?,
             outbox_per_aggregate: vars.count("OUTBOX_PER_AGGREGATE", 100)?,
             outbox_retention: Duration::from_secs(
                 vars.parse::<u64>("OUTBOX_RETENTION_DAYS", 7)? * 86_400,
@@ -713,12 +713,12 @@ mod tests {
                 defaults.outbox_rounds_in_flight,
                 defaults.outbox_per_aggregate
             ),
-            (2000, 32, 2, 100)
+            (2000, 32, 3, 100)
         );
         let set = config(&[
             ("OUTBOX_SCAN_LIMIT", "500"),
             ("OUTBOX_CONCURRENCY", "64"),
-            ("OUTBOX_ROUNDS_IN_FLIGHT", "3"),
+            ("OUTBOX_ROUNDS_IN_FLIGHT", "1"),
             ("OUTBOX_PER_AGGREGATE", "10"),
         ])
         .expect("set");
@@ -729,7 +729,7 @@ mod tests {
                 set.outbox_rounds_in_flight,
                 set.outbox_per_aggregate
             ),
-            (500, 64, 3, 10)
+            (500, 64, 1, 10)
         );
         for variable in [
             "OUTBOX_SCAN_LIMIT",

@@ -10,7 +10,9 @@
 //! rather than per record. The running loop hands a round's delivery and
 //! writes to a task of their own and goes on to scan, claim and read the
 //! next round (`rounds_in_flight` at once, on disjoint aggregates), so the
-//! database's round trips and the broker's confirms overlap.
+//! database's round trips and the broker's confirms overlap. It does so on
+//! a backlog, or to get past a slow round; under a steady load the next
+//! round waits for the one in flight, so that batches stay large.
 //!
 //! The loop wakes on the outbox change stream, on [`Waker::wake`] from the
 //! same process, and on a polling interval as a fallback. A process that
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
+use tokio::task::{self, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -48,8 +51,10 @@ pub struct RelayConfig {
     pub scan_limit: i64,
     /// Aggregates delivered at once by one round.
     pub concurrency: usize,
-    /// Rounds delivering and marking at once, beside the next round's
-    /// scan, claim and read; each holds aggregates of its own.
+    /// Rounds delivering and marking at once, each on aggregates of its
+    /// own. A round starts beside others on a backlog, or once the youngest
+    /// has run `OVERLAP_AFTER` (50 ms); the next round's scan, claim and
+    /// read overlap the others' delivery.
     pub rounds_in_flight: usize,
     /// Most records of one aggregate delivered under one lease.
     pub per_aggregate: i64,
@@ -77,7 +82,7 @@ impl Default for RelayConfig {
             // what is due, so rounds under normal load stay small.
             scan_limit: 2000,
             concurrency: 32,
-            rounds_in_flight: 2,
+            rounds_in_flight: 3,
             per_aggregate: 100,
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
@@ -255,7 +260,7 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// Stops after the round in progress and waits for it.
+    /// Stops starting rounds and waits for the rounds in flight to end.
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.task.await;
@@ -924,12 +929,12 @@ impl DueAggregates {
                 return true;
             };
             // A handed-over aggregate was committed after `busy` was read.
-            let unmarked = a
+            let unread = a
                 .records
                 .as_ref()
                 .is_none_or(|records| records.iter().any(|r| !holder.records.contains(r)));
             skipped.any = true;
-            skipped.unmarked |= unmarked;
+            skipped.unread |= unread;
             false
         });
         skipped
@@ -942,7 +947,7 @@ struct Skipped {
     any: bool,
     /// One has a due record that no round in flight read, so it needs
     /// another round.
-    unmarked: bool,
+    unread: bool,
 }
 
 impl Skipped {
@@ -953,7 +958,7 @@ impl Skipped {
     /// A window with other work (`other_work`) goes on at once, and the
     /// rounds in flight run on beside it.
     fn defers(&self, sweeping: bool, other_work: bool) -> bool {
-        self.unmarked || (self.any && sweeping && !other_work)
+        self.unread || (self.any && sweeping && !other_work)
     }
 }
 
@@ -968,7 +973,6 @@ struct DueAggregate {
 /// What a round in flight holds: the aggregates it will release and the
 /// records it read, to deliver and mark published (until then they look
 /// pending).
-#[derive(Default)]
 struct Busy {
     aggregates: HashSet<String>,
     records: HashSet<String>,
@@ -1045,6 +1049,11 @@ const CHANGE_BATCH: usize = 1024;
 /// it) runs at most this often; in between the relay only reconnects.
 const OUTAGE_ROUND: Duration = Duration::from_secs(5);
 
+/// Without a backlog, a round starts beside one in flight only once that
+/// one has run this long: far above a round's usual time under load (a few
+/// milliseconds), far below a destination's timeouts.
+const OVERLAP_AFTER: Duration = Duration::from_millis(50);
+
 async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     // Waits between rounds while a destination is unavailable grow up to a
     // few seconds, so an outage costs little and recovery is noticed quickly.
@@ -1079,6 +1088,9 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     // soon as one of those ends, not after a poll, and meanwhile the loop
     // is free for other work.
     let mut follow = false;
+    // The last round left due records behind (a full scan, a sweep, or an
+    // aggregate beyond `per_aggregate`).
+    let mut backlog = false;
     // Whether the next round scans whatever the wake-ups ask: it does
     // unless the last wait ended on a wake-up, and at least once per
     // `poll_interval` however often hand-overs wake the relay (only a scan
@@ -1109,7 +1121,30 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 continue;
             }
         }
-        in_flight.settle_done().await;
+        in_flight.settle_done();
+        // Room comes first: a round that claimed and read, then waited for
+        // room, would hold its aggregates' leases idle meanwhile (and past
+        // half their time, deliver nothing).
+        if in_flight.len() >= relay.config.rounds_in_flight.max(1) {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = in_flight.settle_next() => {}
+            }
+            continue;
+        }
+        // A round beside others in flight pays off on a backlog, or to get
+        // past a slow one. Under a steady load it only splits the next
+        // batch, and the database does each round's fixed work (claim,
+        // mark, release) more often; so then the next round waits for the
+        // one in flight, which gathers the hand-overs meanwhile.
+        if let Some(left) = wait_to_overlap(backlog, in_flight.youngest()) {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = in_flight.settle_next() => {}
+                _ = tokio::time::sleep(left) => {}
+            }
+            continue;
+        }
         let (asked, handed) = relay.waker.take();
         let scan = std::mem::replace(&mut scan_next, true) || asked;
         // Otherwise the wake-up was for aggregates an earlier round took,
@@ -1121,11 +1156,10 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             let round = match relay.round(&in_flight.busy(), scan, handed).await {
                 Ok((mut round, claimed)) => {
                     follow |= round.deferred;
+                    backlog = round.more;
                     let started = claimed.is_some();
                     if let Some(claimed) = claimed {
-                        in_flight
-                            .start(relay.clone(), claimed, relay.config.rounds_in_flight)
-                            .await;
+                        in_flight.start(relay.clone(), claimed);
                     }
                     round.add(in_flight.take_settled());
                     Ok((round, started))
@@ -1173,7 +1207,7 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
             _ = relay.waker.woken() => {
                 scan_next = last_scan.elapsed() >= relay.config.poll_interval;
             }
-            _ = in_flight.one_ended(), if follow => follow = false,
+            _ = in_flight.settle_next(), if follow => follow = false,
             _ = tokio::time::sleep(pause) => {}
         }
     }
@@ -1181,63 +1215,48 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
     tracing::info!("relay stopped");
 }
 
-/// A round's [`Relay::complete`] running in its own task.
+/// What a round in flight holds: the next rounds leave it alone meanwhile.
 struct InFlight {
-    /// What the next rounds leave alone meanwhile.
     busy: Busy,
-    task: tokio::task::JoinHandle<Result<RoundOutcome>>,
+    started: Instant,
 }
 
-impl InFlight {
-    /// Waits for the round; what it did, or, if it failed, a wait before
-    /// the next.
-    async fn settle(self) -> RoundOutcome {
-        let failed = match self.task.await {
-            Ok(Ok(outcome)) => return outcome,
-            // The records stay pending and go again: at least once.
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!(error = %failed, "relay round failed");
-        RoundOutcome {
-            waiting: true,
-            ..RoundOutcome::default()
-        }
-    }
-}
-
-/// The loop's rounds in flight. A round is kept until it is settled:
-/// dropping it would lose what it holds, and a later round could claim its
-/// aggregates (their leases are this instance's own) and send their
-/// records again.
+/// The loop's rounds in flight, each a [`Relay::complete`] in a task of its
+/// own. A round is kept until it is settled: forgetting it would let a
+/// later round claim its aggregates (their leases are this instance's own)
+/// and send their records again. Ends come from the tasks themselves, so a
+/// round that panics is settled like one that failed, and a round counts
+/// as ended only once its outcome can be taken.
 #[derive(Default)]
 struct InFlightRounds {
-    rounds: Vec<InFlight>,
-    /// Told by each round as it ends; a permit left by one already settled
-    /// only costs an early look.
-    ended: Arc<Notify>,
+    tasks: JoinSet<Result<RoundOutcome>>,
+    rounds: HashMap<task::Id, InFlight>,
     /// What the rounds settled since the last [`Self::take_settled`] did.
     settled: RoundOutcome,
 }
 
 impl InFlightRounds {
     fn busy(&self) -> Vec<&Busy> {
-        self.rounds.iter().map(|r| &r.busy).collect()
+        self.rounds.values().map(|r| &r.busy).collect()
     }
 
     fn is_empty(&self) -> bool {
-        self.rounds.is_empty()
+        self.tasks.is_empty()
     }
 
-    /// Starts a round, once fewer than `most` are in flight. It waits for
-    /// whichever ends first, so one held up by a slow destination does not
-    /// hold up the others.
-    async fn start(&mut self, relay: Arc<Relay>, claimed: Claimed, most: usize) {
-        self.settle_done().await;
-        while self.rounds.len() >= most.max(1) {
-            self.ended.notified().await;
-            self.settle_done().await;
-        }
+    /// How long the youngest round in flight has run, if one is in flight.
+    fn youngest(&self) -> Option<Duration> {
+        self.rounds.values().map(|r| r.started.elapsed()).min()
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Starts a round in a task of its own. The loop made room before the
+    /// round claimed anything, waiting for whichever round ended first, so
+    /// one held up by a slow destination does not hold up the others.
+    fn start(&mut self, relay: Arc<Relay>, claimed: Claimed) {
         let busy = Busy {
             aggregates: claimed.claimed.iter().cloned().collect(),
             records: claimed
@@ -1247,35 +1266,49 @@ impl InFlightRounds {
                 .map(|r| r.message_id.clone())
                 .collect(),
         };
-        let ended = Ended(self.ended.clone());
-        let task = tokio::spawn(async move {
-            // Told however the task ends, a panic included, so the loop
-            // never waits for room or a follow-up that cannot come.
-            let _ended = ended;
-            relay.complete(claimed).await
-        });
-        self.rounds.push(InFlight { busy, task });
+        let id = self
+            .tasks
+            .spawn(async move { relay.complete(claimed).await })
+            .id();
+        let started = Instant::now();
+        self.rounds.insert(id, InFlight { busy, started });
     }
 
-    /// Until a round in flight ends (or a permit from one settled already).
-    async fn one_ended(&self) {
-        self.ended.notified().await;
+    /// Until a round in flight ends, and settles it; at once if none is in
+    /// flight. Cancel safe: a round that ends meanwhile is settled later.
+    async fn settle_next(&mut self) {
+        if let Some(ended) = self.tasks.join_next_with_id().await {
+            self.settle(ended);
+        }
     }
 
-    async fn settle_done(&mut self) {
-        let (done, running) = std::mem::take(&mut self.rounds)
-            .into_iter()
-            .partition::<Vec<_>, _>(|r| r.task.is_finished());
-        self.rounds = running;
-        for round in done {
-            self.settled.add(round.settle().await);
+    fn settle_done(&mut self) {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
+            self.settle(ended);
         }
     }
 
     async fn settle_all(&mut self) {
-        for round in std::mem::take(&mut self.rounds) {
-            self.settled.add(round.settle().await);
+        while let Some(ended) = self.tasks.join_next_with_id().await {
+            self.settle(ended);
         }
+    }
+
+    /// Adds what an ended round did, or, if it failed, a wait before the
+    /// next round; its records stay pending and go again (at least once).
+    fn settle(&mut self, ended: std::result::Result<(task::Id, Result<RoundOutcome>), JoinError>) {
+        let (id, failed) = match ended {
+            Ok((id, Ok(outcome))) => {
+                self.rounds.remove(&id);
+                self.settled.add(outcome);
+                return;
+            }
+            Ok((id, Err(e))) => (id, e.to_string()),
+            Err(e) => (e.id(), e.to_string()),
+        };
+        self.rounds.remove(&id);
+        tracing::warn!(error = %failed, "delivering, marking or releasing a round failed");
+        self.settled.waiting = true;
     }
 
     fn take_settled(&mut self) -> RoundOutcome {
@@ -1283,13 +1316,14 @@ impl InFlightRounds {
     }
 }
 
-/// Tells the loop that a round in flight ended, when dropped.
-struct Ended(Arc<Notify>);
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        self.0.notify_one();
+/// How much longer the next round waits for the rounds in flight before
+/// it starts beside them, given whether the last round left work behind and
+/// how long the youngest round in flight has run.
+fn wait_to_overlap(backlog: bool, youngest: Option<Duration>) -> Option<Duration> {
+    if backlog {
+        return None;
     }
+    youngest.and_then(|age| OVERLAP_AFTER.checked_sub(age))
 }
 
 /// Waits `pause`, or less if someone else reconnects the broker; local
@@ -1477,12 +1511,12 @@ mod tests {
         // Every due record of `a` is in flight: nothing to come back for
         // (unless a sweep goes on past it).
         let skipped = due.skip(&[&busy(&["r1", "r3"])]);
-        assert!(skipped.any && !skipped.unmarked);
+        assert!(skipped.any && !skipped.unread);
         assert_eq!(ids(&due), ["b"]);
 
         // `r3` came after the round that read `r1`.
         let mut due = DueAggregates::from_scan(&scan);
-        assert!(due.skip(&[&busy(&["r1"])]).unmarked);
+        assert!(due.skip(&[&busy(&["r1"])]).unread);
         assert_eq!(ids(&due), ["b"]);
 
         // Two rounds in flight: each aggregate's records are checked
@@ -1490,15 +1524,15 @@ mod tests {
         let mut due = DueAggregates::from_scan(&scan);
         let (b, a) = (holding("b", &["r2"]), busy(&["r1", "r3"]));
         let skipped = due.skip(&[&b, &a]);
-        assert!(skipped.any && !skipped.unmarked);
+        assert!(skipped.any && !skipped.unread);
         assert!(ids(&due).is_empty());
         let mut due = DueAggregates::from_scan(&scan);
         let (b, a) = (holding("b", &["r1", "r3"]), busy(&["r2"]));
-        assert!(due.skip(&[&b, &a]).unmarked);
+        assert!(due.skip(&[&b, &a]).unread);
 
         let mut due = DueAggregates::from_scan(&scan);
         let skipped = due.skip(&[]);
-        assert!(!skipped.any && !skipped.unmarked);
+        assert!(!skipped.any && !skipped.unread);
         assert_eq!(ids(&due), ["a", "b"]);
 
         // Handed over after the scan: only the new aggregate is added, and
@@ -1508,15 +1542,28 @@ mod tests {
         assert_eq!(ids(&due), ["b", "a"]);
         assert!(due.aggregates[1].amqp && due.aggregates[1].records.is_none());
         // Its records are unknown, so one in flight is come back for.
-        assert!(due.skip(&[&busy(&["r1", "r3"])]).unmarked);
+        assert!(due.skip(&[&busy(&["r1", "r3"])]).unread);
         assert_eq!(ids(&due), ["b"]);
+    }
+
+    #[test]
+    fn a_round_starts_beside_one_in_flight_only_on_a_backlog_or_once_that_one_is_slow() {
+        let ms = Duration::from_millis;
+        assert_eq!(wait_to_overlap(false, None), None, "nothing in flight");
+        assert_eq!(wait_to_overlap(true, Some(ms(1))), None, "a backlog");
+        assert_eq!(
+            wait_to_overlap(false, Some(ms(10))),
+            Some(OVERLAP_AFTER - ms(10)),
+            "a steady load waits for the round in flight"
+        );
+        assert_eq!(wait_to_overlap(false, Some(OVERLAP_AFTER + ms(1))), None);
     }
 
     #[test]
     fn a_sweep_waits_for_rounds_in_flight_only_when_its_window_held_nothing_else() {
         let in_flight = Skipped {
             any: true,
-            unmarked: false,
+            unread: false,
         };
         assert!(
             in_flight.defers(true, false),
@@ -1527,11 +1574,11 @@ mod tests {
             "other work goes on beside it"
         );
         assert!(!in_flight.defers(false, false), "no backlog behind it");
-        let unmarked = Skipped {
+        let unread = Skipped {
             any: true,
-            unmarked: true,
+            unread: true,
         };
-        assert!(unmarked.defers(false, true), "its new records need a round");
+        assert!(unread.defers(false, true), "its new records need a round");
         assert!(!Skipped::default().defers(true, false));
     }
 

@@ -23,8 +23,8 @@ usage: outbox-bench [flags]
   --outage-run S           length of the outage phase (default 12)
   --scan-limit N           relay: due records per round (default: the service's, 2000)
   --relay-concurrency N    relay: aggregates at once per round (default: the service's, 32)
-  --rounds-in-flight N     relay: rounds delivering beside the next round's scan (default:
-                           the service's, 2)
+  --rounds-in-flight N     relay: rounds delivering at once on a backlog (default: the
+                           service's, 3)
   --per-aggregate N        relay: records per aggregate per lease (default: the service's, 100)
   --only LIST              comma-separated phases: tx,broker,floor,log,e2e,latency,drain,http,
                            outage
