@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod openapi;
+pub mod probe;
 pub mod rate_limit;
 pub mod routes;
 pub mod trace;

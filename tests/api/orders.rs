@@ -659,6 +659,10 @@ async fn health_and_admin_routes() {
         .send(app.http.get(format!("{}/health/live", app.address)))
         .await;
     assert_eq!(live.status, StatusCode::OK);
+    // Readiness reads the backlog; the gauges then say what it read, not
+    // what the last scrape did.
+    let gauges = app.state.metrics.families();
+    gauges.outbox_pending.set(-1);
     let mut ready = app
         .send(app.http.get(format!("{}/health/ready", app.address)))
         .await;
@@ -674,6 +678,13 @@ async fn health_and_admin_routes() {
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
     assert_eq!(ready.body["mongo"], "up");
     assert_eq!(ready.body["rabbitmq"], "up");
+    assert_eq!(
+        gauges.outbox_pending.get(),
+        ready.body["outbox"]["pending"].as_i64().expect("pending"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(gauges.dependency_up.with_label_values(&["mongo"]).get(), 1);
     let refused = app
         .send(app.http.get(format!("{}/admin/outbox/parked", app.address)))
         .await;

@@ -2,14 +2,13 @@
 
 use crate::http::AppState;
 use crate::http::bodies::{Liveness, Readiness};
+use crate::http::probe::{Probe, probe};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use bson::doc;
 use serde_json::json;
-use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -56,27 +55,19 @@ pub async fn live() -> axum::Json<Liveness> {
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let mongo = tokio::time::timeout(
-        Duration::from_secs(2),
-        state.db.run_command(doc! { "ping": 1 }),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let rabbitmq = state.broker.is_connected();
-    let outbox = match tokio::time::timeout(Duration::from_secs(2), state.outbox.stats()).await {
-        Ok(Ok(stats)) => json!({
+    let Probe {
+        mongo,
+        rabbitmq,
+        outbox,
+    } = probe(&state).await;
+    let outbox = outbox.map(|stats| {
+        json!({
             "pending": stats.pending,
             "parked": stats.parked,
             "oldestPendingSeconds": stats.oldest_pending_age.as_secs(),
-        }),
-        _ => json!(null),
-    };
+        })
+    });
     let up = |ok: bool| if ok { "up" } else { "down" };
-    let gauge = &state.metrics.families().dependency_up;
-    gauge.with_label_values(&["mongo"]).set(i64::from(mongo));
-    gauge
-        .with_label_values(&["rabbitmq"])
-        .set(i64::from(rabbitmq));
     let status = if mongo && rabbitmq {
         StatusCode::OK
     } else {
