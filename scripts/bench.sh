@@ -22,8 +22,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/order-service/target}"
 PORT="${BENCH_MONGO_PORT:-27117}"
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+LOG_PREFIX=bench
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 server=py
 mongo=""
@@ -88,16 +89,8 @@ if [ -z "$mongo" ]; then
   log "starting $binary on $PORT (data in $data)"
   "$binary" --host 127.0.0.1 --port "$PORT" --storage-path "$data" >"$data.log" 2>&1 &
   pid=$!
-  for _ in $(seq 120); do
-    port_open "$PORT" && break
-    kill -0 "$pid" 2>/dev/null || {
-      log "$binary exited: $(tail -5 "$data.log")"
-      exit 1
-    }
-    sleep 0.5
-  done
-  port_open "$PORT" || {
-    log "$binary did not open port $PORT"
+  wait_port "$PORT" "$binary" 120 "$pid" || {
+    tail -5 "$data.log" >&2
     exit 1
   }
   mongo="127.0.0.1:$PORT"

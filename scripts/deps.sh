@@ -23,19 +23,9 @@ REDIS_PORT="${REDIS_PORT:-6379}"
 DATA_DIR="${ORDER_DATA_DIR:-/var/tmp/gigconnect-order}"
 SECANTUS_VERSION="0.7.0b3"
 
-log() { printf 'deps: %s\n' "$*" >&2; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() {
-  local port=$1 what=$2 tries=${3:-120}
-  for _ in $(seq "$tries"); do
-    port_open "$port" && return 0
-    sleep 0.5
-  done
-  log "$what did not open port $port"
-  return 1
-}
+LOG_PREFIX=deps
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 apt_install() {
   # apt needs its lists once per machine before it can find anything.

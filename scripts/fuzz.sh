@@ -41,8 +41,9 @@ REPORT_DIR="${FUZZ_REPORT_DIR:-$CARGO_TARGET_DIR/fuzz-report}"
 VENV="${FUZZ_VENV:-/var/cache/order-service/fuzz-venv}"
 CHECKS="not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method"
 
-log() { printf 'fuzz: %s\n' "$*" >&2; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+LOG_PREFIX=fuzz
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 scripts/deps.sh

@@ -20,8 +20,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/order-service/target}"
 SIM_ADDR=127.0.0.1:4010
 SIM_PORT=4010
 
-log() { printf 'run: %s\n' "$*" >&2; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+LOG_PREFIX=run
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 scripts/deps.sh
 
@@ -48,12 +49,7 @@ else
   log "starting the Flutterwave simulator on $SIM_ADDR"
   "$BIN/flutterwave-sim" --addr "$SIM_ADDR" &
   sim_pid=$!
-  for _ in $(seq 120); do
-    port_open "$SIM_PORT" && break
-    kill -0 "$sim_pid" 2>/dev/null || { log "the simulator exited"; exit 1; }
-    sleep 0.5
-  done
-  port_open "$SIM_PORT" || { log "the simulator did not open $SIM_ADDR"; exit 1; }
+  wait_port "$SIM_PORT" "the simulator" 120 "$sim_pid" || exit 1
 fi
 
 # In the background so that a TERM sent to this script reaches the service
