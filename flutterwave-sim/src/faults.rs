@@ -160,8 +160,9 @@ fn authorized(headers: &HeaderMap, secret_key: &str) -> bool {
 struct InFlight(Simulator);
 
 impl InFlight {
-    fn enter(sim: &Simulator) -> Self {
-        let mut state = sim.lock();
+    /// Counts the request in `state`, the simulator's ledger the caller
+    /// already holds locked.
+    fn enter(state: &mut Ledger, sim: &Simulator) -> Self {
         state.in_flight += 1;
         state.calls.peak_in_flight = state.calls.peak_in_flight.max(state.in_flight);
         Self(sim.clone())
@@ -181,8 +182,13 @@ pub(crate) async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
-    let plan = app.sim.lock().admit(op);
-    let _in_flight = op.is_api().then(|| InFlight::enter(&app.sim));
+    // One lock for the count, the fault budget and the in-flight count.
+    let (plan, _in_flight) = {
+        let mut state = app.sim.lock();
+        let plan = state.admit(op);
+        let in_flight = op.is_api().then(|| InFlight::enter(&mut state, &app.sim));
+        (plan, in_flight)
+    };
     if !plan.latency.is_zero() {
         tokio::time::sleep(plan.latency).await;
     }
