@@ -19,6 +19,7 @@ wait_port() {
     fi
     sleep 0.5
   done
+  port_open "$port" && return 0
   log "$what did not open port $port"
   return 1
 }

@@ -245,7 +245,7 @@ impl Application {
                 realtime.close().await;
             })
             .await;
-        tracing::info!("HTTP stopped; finishing the relay round in progress");
+        tracing::info!("HTTP stopped; finishing the relay rounds in flight");
         relay.shutdown().await;
         cancel.cancel();
         let _ = keeper.await;

@@ -1164,7 +1164,10 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                     round.add(in_flight.take_settled());
                     Ok((round, started))
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    backlog = false;
+                    Err(e)
+                }
             };
             pause = match round {
                 Ok((round, _)) if round.broker_unavailable => {

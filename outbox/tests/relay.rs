@@ -1187,3 +1187,90 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
     assert!(counter.calls.load(Ordering::SeqCst) >= 1);
     env.db.drop().await.ok();
 }
+
+/// Panics on its first call, as a handler with a bug for one input would.
+struct PanicsOnce {
+    calls: AtomicUsize,
+}
+
+impl Handler for PanicsOnce {
+    fn handle<'a>(&'a self, _record: &'a OutboxRecord) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("a handler bug");
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_that_panics_is_settled_and_its_record_goes_again() {
+    let env = env().await;
+    let buggy = Arc::new(PanicsOnce {
+        calls: AtomicUsize::new(0),
+    });
+    let counter = Arc::new(Flaky {
+        calls: AtomicUsize::new(0),
+        fail_first: 0,
+    });
+    // One round in flight: a panicked round that was never settled would
+    // leave no room for the next one.
+    let config = RelayConfig {
+        rounds_in_flight: 1,
+        ..test_relay(&env)
+    };
+    let relay = Relay::new(env.outbox.clone(), config)
+        .with_handler("buggy", buggy.clone())
+        .with_handler("count", counter.clone());
+    let waker = relay.waker();
+    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+
+    stage(
+        &env,
+        vec![NewRecord::command(
+            "order-1",
+            "buggy",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    waker.hand(["order-1"]);
+    stage(
+        &env,
+        vec![NewRecord::command(
+            "order-2",
+            "count",
+            serde_json::json!({}),
+        )],
+    )
+    .await;
+    waker.hand(["order-2"]);
+
+    let published = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let records = [
+                env.outbox.records_of("order-1").await.expect("records"),
+                env.outbox.records_of("order-2").await.expect("records"),
+            ]
+            .concat();
+            if records.iter().all(|r| r.status == RecordStatus::Published) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        published.is_ok(),
+        "both published after the panic: handler ran {} times, counter {}",
+        buggy.calls.load(Ordering::SeqCst),
+        counter.calls.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        buggy.calls.load(Ordering::SeqCst),
+        2,
+        "once more after the panic"
+    );
+    handle.shutdown().await;
+}
