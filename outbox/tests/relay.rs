@@ -1091,6 +1091,50 @@ impl Handler for Gate {
     }
 }
 
+/// Stages one command for `aggregate` and hands the aggregate to the relay.
+async fn stage_command(env: &Env, waker: &Waker, aggregate: &str, name: &str) {
+    stage(
+        env,
+        vec![NewRecord::command(aggregate, name, serde_json::json!({}))],
+    )
+    .await;
+    waker.hand([aggregate]);
+}
+
+/// Until every record of `aggregates` is published (30 s at most); if not,
+/// each record's aggregate, status and attempts.
+async fn all_published(
+    env: &Env,
+    aggregates: &[&str],
+) -> Result<(), Vec<(String, RecordStatus, i32)>> {
+    let statuses = || async {
+        let mut all = Vec::new();
+        for aggregate in aggregates {
+            let records = env.outbox.records_of(aggregate).await.expect("records");
+            all.extend(
+                records
+                    .into_iter()
+                    .map(|r| (r.aggregate_id, r.status, r.attempts)),
+            );
+        }
+        all
+    };
+    let published = tokio::time::timeout(Duration::from_secs(30), async {
+        while !statuses()
+            .await
+            .iter()
+            .all(|(_, status, _)| *status == RecordStatus::Published)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    match published {
+        Ok(()) => Ok(()),
+        Err(_) => Err(statuses().await),
+    }
+}
+
 #[tokio::test]
 async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
     let env = env().await;
@@ -1116,16 +1160,7 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
 
     // A command hanging on its provider, as a refund can for most of the
     // lease, holds only its own round.
-    stage(
-        &env,
-        vec![NewRecord::command(
-            "refund-1",
-            "slow",
-            serde_json::json!({}),
-        )],
-    )
-    .await;
-    waker.hand(["refund-1"]);
+    stage_command(&env, &waker, "refund-1", "slow").await;
     tokio::time::timeout(Duration::from_secs(30), async {
         while gate.entered.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1138,16 +1173,7 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
     waker.hand(["refund-1"]);
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    stage(
-        &env,
-        vec![NewRecord::command(
-            "order-2",
-            "count",
-            serde_json::json!({}),
-        )],
-    )
-    .await;
-    waker.hand(["order-2"]);
+    stage_command(&env, &waker, "order-2", "count").await;
     tokio::time::timeout(Duration::from_secs(30), counter.called(1))
         .await
         .expect("a later record goes while the slow round is still in flight");
@@ -1155,31 +1181,12 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
     assert_eq!(slow[0].status, RecordStatus::Pending, "still running");
 
     gate.open.send_replace(true);
-    let statuses = || async {
-        let slow = env.outbox.records_of("refund-1").await.expect("records");
-        let fast = env.outbox.records_of("order-2").await.expect("records");
-        [slow, fast]
-            .concat()
-            .into_iter()
-            .map(|r| (r.aggregate_id, r.status, r.attempts))
-            .collect::<Vec<_>>()
-    };
-    let published = tokio::time::timeout(Duration::from_secs(30), async {
-        while !statuses()
-            .await
-            .iter()
-            .all(|(_, status, _)| *status == RecordStatus::Published)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        published.is_ok(),
-        "both marked published: {:?}, slow command entered {} times",
-        statuses().await,
-        gate.entered.load(Ordering::SeqCst)
-    );
+    if let Err(left) = all_published(&env, &["refund-1", "order-2"]).await {
+        panic!(
+            "both marked published: {left:?}, slow command entered {} times",
+            gate.entered.load(Ordering::SeqCst)
+        );
+    }
     handle.shutdown().await;
     // At least once: the round that ran it marks it, unless that write
     // failed and a later round sends it again.
@@ -1226,51 +1233,20 @@ async fn a_round_that_panics_is_settled_and_its_record_goes_again() {
     let waker = relay.waker();
     let handle = relay.start(tokio_util::sync::CancellationToken::new());
 
-    stage(
-        &env,
-        vec![NewRecord::command(
-            "order-1",
-            "buggy",
-            serde_json::json!({}),
-        )],
-    )
-    .await;
-    waker.hand(["order-1"]);
-    stage(
-        &env,
-        vec![NewRecord::command(
-            "order-2",
-            "count",
-            serde_json::json!({}),
-        )],
-    )
-    .await;
-    waker.hand(["order-2"]);
+    stage_command(&env, &waker, "order-1", "buggy").await;
+    stage_command(&env, &waker, "order-2", "count").await;
 
-    let published = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let records = [
-                env.outbox.records_of("order-1").await.expect("records"),
-                env.outbox.records_of("order-2").await.expect("records"),
-            ]
-            .concat();
-            if records.iter().all(|r| r.status == RecordStatus::Published) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        published.is_ok(),
-        "both published after the panic: handler ran {} times, counter {}",
-        buggy.calls.load(Ordering::SeqCst),
-        counter.calls.load(Ordering::SeqCst)
-    );
+    if let Err(left) = all_published(&env, &["order-1", "order-2"]).await {
+        panic!(
+            "both published after the panic: {left:?}, handler ran {} times",
+            buggy.calls.load(Ordering::SeqCst)
+        );
+    }
     assert_eq!(
         buggy.calls.load(Ordering::SeqCst),
         2,
         "once more after the panic"
     );
     handle.shutdown().await;
+    env.db.drop().await.ok();
 }
