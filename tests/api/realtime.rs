@@ -556,9 +556,12 @@ impl TlsRedis {
             run_tool("openssl", &dir, &args);
         }
         // The port is free when chosen but could be taken before the server
-        // binds it: then the server exits, and another port is tried.
+        // binds it: then the server exits, and another port is tried. Only
+        // the server's own log says that it bound the port: a connection
+        // could reach whoever took it.
         for _ in 0..5 {
             let port = free_port();
+            let log = format!("redis-{port}.log");
             let mut server = Command::new("redis-server")
                 .args([
                     "--port",
@@ -578,6 +581,7 @@ impl TlsRedis {
                     "server.key",
                 ])
                 .args(["--tls-ca-cert-file", "ca.pem"])
+                .args(["--logfile", &log])
                 .current_dir(&dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -588,12 +592,9 @@ impl TlsRedis {
                 if server.try_wait().expect("redis-server status").is_some() {
                     break;
                 }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                    // Listening, and it is ours: still running.
-                    && server.try_wait().expect("redis-server status").is_none()
-                {
+                let ready = std::fs::read_to_string(dir.join(&log))
+                    .is_ok_and(|text| text.contains("Ready to accept connections"));
+                if ready {
                     return Self { server, dir, port };
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
