@@ -1300,18 +1300,18 @@ impl InFlightRounds {
     /// Adds what an ended round did, or, if it failed, a wait before the
     /// next round; its records stay pending and go again (at least once).
     fn settle(&mut self, ended: std::result::Result<(task::Id, Result<RoundOutcome>), JoinError>) {
-        let (id, failed) = match ended {
-            Ok((id, Ok(outcome))) => {
-                self.rounds.remove(&id);
-                self.settled.add(outcome);
-                return;
-            }
-            Ok((id, Err(e))) => (id, e.to_string()),
-            Err(e) => (e.id(), e.to_string()),
+        let (id, outcome) = match ended {
+            Ok((id, outcome)) => (id, outcome.map_err(|e| e.to_string())),
+            Err(e) => (e.id(), Err(e.to_string())),
         };
         self.rounds.remove(&id);
-        tracing::warn!(error = %failed, "delivering, marking or releasing a round failed");
-        self.settled.waiting = true;
+        match outcome {
+            Ok(outcome) => self.settled.add(outcome),
+            Err(failed) => {
+                tracing::warn!(error = %failed, "delivering, marking or releasing a round failed");
+                self.settled.waiting = true;
+            }
+        }
     }
 
     fn take_settled(&mut self) -> RoundOutcome {
