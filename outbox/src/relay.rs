@@ -1124,24 +1124,19 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         in_flight.settle_done();
         // Room comes first: a round that claimed and read, then waited for
         // room, would hold its aggregates' leases idle meanwhile (and past
-        // half their time, deliver nothing).
-        if in_flight.len() >= relay.config.rounds_in_flight.max(1) {
+        // half their time, deliver nothing). And a round beside others in
+        // flight pays off on a backlog, or to get past a slow one; under a
+        // steady load it only splits the next batch, and the database does
+        // each round's fixed work (claim, mark, release) more often, so
+        // then the next round waits for the one in flight, which gathers
+        // the hand-overs meanwhile.
+        let full = in_flight.len() >= relay.config.rounds_in_flight.max(1);
+        let overlap_in = wait_to_overlap(backlog, in_flight.youngest());
+        if full || overlap_in.is_some() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = in_flight.settle_next() => {}
-            }
-            continue;
-        }
-        // A round beside others in flight pays off on a backlog, or to get
-        // past a slow one. Under a steady load it only splits the next
-        // batch, and the database does each round's fixed work (claim,
-        // mark, release) more often; so then the next round waits for the
-        // one in flight, which gathers the hand-overs meanwhile.
-        if let Some(left) = wait_to_overlap(backlog, in_flight.youngest()) {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = in_flight.settle_next() => {}
-                _ = tokio::time::sleep(left) => {}
+                _ = tokio::time::sleep(overlap_in.unwrap_or_default()), if !full => {}
             }
             continue;
         }
