@@ -224,6 +224,14 @@ struct Flaky {
 }
 
 impl Flaky {
+    /// A handler whose first `n` calls fail as transient errors.
+    fn failing_first(n: usize) -> Arc<Self> {
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            fail_first: n,
+        })
+    }
+
     /// Until the handler has been called `n` times.
     async fn called(&self, n: usize) {
         while self.calls.load(Ordering::SeqCst) < n {
@@ -301,14 +309,8 @@ async fn failing_commands_are_retried_then_parked_and_replayable() {
         max_attempts: 3,
         ..test_relay(&env)
     };
-    let refund = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: usize::MAX,
-    });
-    let notify = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let refund = Flaky::failing_first(usize::MAX);
+    let notify = Flaky::failing_first(0);
     let relay = Relay::new(env.outbox.clone(), config.clone())
         .with_handler("refund", refund.clone())
         .with_handler("notify", notify.clone());
@@ -340,10 +342,7 @@ async fn failing_commands_are_retried_then_parked_and_replayable() {
         .replay(&parked[0].message_id)
         .await
         .expect("replay");
-    let fixed = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 1,
-    });
+    let fixed = Flaky::failing_first(1);
     let relay = Relay::new(env.outbox.clone(), config).with_handler("refund", fixed.clone());
     relay.drain(Duration::from_secs(20)).await.expect("drain");
     assert_eq!(fixed.calls.load(Ordering::SeqCst), 2);
@@ -508,14 +507,8 @@ async fn a_record_waits_behind_its_predecessor() {
         ],
     )
     .await;
-    let first = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 1,
-    });
-    let second = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let first = Flaky::failing_first(1);
+    let second = Flaky::failing_first(0);
     let config = RelayConfig {
         min_backoff: Duration::from_secs(60),
         max_backoff: Duration::from_secs(60),
@@ -755,10 +748,7 @@ async fn while_the_broker_is_unreachable_its_records_are_left_alone_and_commands
         connect_timeout: Duration::from_secs(2),
         topology: Topology::default(),
     });
-    let notify = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let notify = Flaky::failing_first(0);
     let outcomes = Arc::new(Outcomes::default());
     let relay = Relay::new(env.outbox.clone(), test_relay(&env))
         .with_broker(unreachable)
@@ -945,10 +935,7 @@ async fn a_handed_over_aggregate_is_delivered_without_a_scan_and_a_wake_up_scans
 #[tokio::test]
 async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_unreachable() {
     let env = env().await;
-    let notify = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let notify = Flaky::failing_first(0);
     stage(
         &env,
         vec![NewRecord::command("first", "notify", serde_json::json!({}))],
@@ -1032,10 +1019,7 @@ async fn a_round_with_nothing_to_mark_keeps_the_running_mark_so_nothing_is_sent_
         .map(|n| NewRecord::command("bulk", "count", serde_json::json!({ "n": n })))
         .collect();
     stage(&env, records).await;
-    let counter = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let counter = Flaky::failing_first(0);
     let config = RelayConfig {
         per_aggregate: RECORDS,
         ..woken_only(&env)
@@ -1142,10 +1126,7 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
         entered: AtomicUsize::new(0),
         open: tokio::sync::watch::Sender::new(false),
     });
-    let counter = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let counter = Flaky::failing_first(0);
     // A lease long enough that the slow command is not stopped at its
     // deadline while the test waits.
     let config = RelayConfig {
@@ -1217,10 +1198,7 @@ async fn a_round_that_panics_is_settled_and_its_record_goes_again() {
     let buggy = Arc::new(PanicsOnce {
         calls: AtomicUsize::new(0),
     });
-    let counter = Arc::new(Flaky {
-        calls: AtomicUsize::new(0),
-        fail_first: 0,
-    });
+    let counter = Flaky::failing_first(0);
     // One round in flight: a panicked round that was never settled would
     // leave no room for the next one.
     let config = RelayConfig {
