@@ -73,23 +73,21 @@ struct Due {
     order_id: String,
     /// Listed as paid: checked for further payments, not for its first.
     paid: bool,
-    /// Its schedule's id in `payment_checks`. Each phase has its own, so a
-    /// paid order's checks are counted from its payment, not from the
-    /// checks it had while unpaid.
-    schedule_id: String,
 }
 
 impl Due {
     fn new(order_id: String, paid: bool) -> Self {
-        let schedule_id = if paid {
-            format!("paid:{order_id}")
+        Self { order_id, paid }
+    }
+
+    /// Its schedule's id in `payment_checks`. Each phase has its own, so a
+    /// paid order's checks are counted from its payment, not from the
+    /// checks it had while unpaid.
+    fn schedule_id(&self) -> String {
+        if self.paid {
+            format!("paid:{}", self.order_id)
         } else {
-            order_id.clone()
-        };
-        Self {
-            order_id,
-            paid,
-            schedule_id,
+            self.order_id.clone()
         }
     }
 }
@@ -235,11 +233,13 @@ impl Reconciler {
             .into_iter()
             .map(|order_id| Due::new(order_id, true)),
         );
-        let schedules: Vec<String> = candidates.iter().map(|d| d.schedule_id.clone()).collect();
+        let schedules: Vec<String> = candidates.iter().map(Due::schedule_id).collect();
         let waiting = self.not_yet_due(&schedules).await?;
         let listed = candidates
             .into_iter()
-            .filter(|due| !waiting.contains(&due.schedule_id))
+            .zip(schedules)
+            .filter(|(_, schedule)| !waiting.contains(schedule))
+            .map(|(due, _)| due)
             .take(self.settings.batch);
         // One check's failure is its own: the others in flight go on.
         let outcome = futures::stream::iter(listed)
@@ -297,7 +297,7 @@ impl Reconciler {
         {
             return Ok(None);
         }
-        if !self.take_check(&due.schedule_id).await? {
+        if !self.take_check(&due.schedule_id()).await? {
             return Ok(None);
         }
         Ok(Some(if paid {
