@@ -23,6 +23,9 @@ use tokio::task::JoinSet;
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
     pub cpu: CpuUse,
+    /// CPU time of this process, the database server and RabbitMQ
+    /// together per unit of work, where all were read.
+    pub cpu_per_unit: Option<Duration>,
     /// Commands the bench's MongoDB client sent per unit of work.
     pub commands_per_unit: Option<f64>,
     /// Durations of those commands by name (empty without monitoring).
@@ -46,8 +49,13 @@ impl Meter {
 
     pub fn end(self, bench: &Bench, units: u64) -> Usage {
         let sent = bench.commands.sent.load(Ordering::Relaxed) - self.sent;
+        let cpu = self.cpu.finish();
         Usage {
-            cpu: self.cpu.finish(),
+            cpu_per_unit: cpu
+                .total()
+                .filter(|_| units > 0)
+                .map(|t| t.div_f64(units as f64)),
+            cpu,
             commands_per_unit: (bench.args.monitor && units > 0)
                 .then(|| sent as f64 / units as f64),
             commands: bench.commands.take(),

@@ -58,6 +58,17 @@ fn reach(ok: bool) -> &'static str {
     }
 }
 
+/// The most a path whose records cost `needed` of CPU can reach, as a
+/// fraction of a rate whose records cost `reference`, on the same machine
+/// used as fully.
+fn cpu_bound(reference: Duration, needed: Duration) -> f64 {
+    reference.as_secs_f64() / needed.as_secs_f64().max(1e-12)
+}
+
+fn cpu_ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
 fn pcts(sorted: &[Duration]) -> String {
     format!(
         "p50 {} / p99 {} / p99.9 {} (n = {})",
@@ -257,6 +268,95 @@ impl Results {
             );
         }
         out.push_str(&self.usage_table());
+        out.push_str(&self.cpu_bounds());
+        out
+    }
+
+    /// How far the machine's CPU lets each missed goal go, from the CPU per
+    /// record of the rows measured: a path that needs at least the work of
+    /// two rows costs at least their sum.
+    fn cpu_bounds(&self) -> String {
+        let per = |usage: &Usage| usage.cpu_per_unit;
+        let tx = self
+            .tx
+            .as_ref()
+            .and_then(|t| Some((t.rate(), per(&t.usage)?)));
+        let broker = self
+            .broker
+            .as_ref()
+            .and_then(|b| Some((b.rate(), per(&b.usage)?)));
+        // Row 3's ratio is to the smaller raw rate, so its bound is too.
+        let smaller = match (tx, broker) {
+            (Some((t, cost)), Some((b, _))) if t <= b => Some((cost, "1")),
+            (Some(_), Some((_, cost))) => Some((cost, "2")),
+            (Some((_, cost)), None) => Some((cost, "1")),
+            (None, b) => b.map(|(_, cost)| (cost, "2")),
+        };
+        let broker = broker.map(|(_, cost)| cost);
+        let floor_commit = self.floor_commit.as_ref().and_then(|f| per(&f.usage));
+        let floor_backlog = self.floor_backlog.as_ref().and_then(|f| per(&f.usage));
+        let log_backlog = self
+            .log_backlog
+            .as_ref()
+            .and_then(|l| per(&l.throughput.usage));
+        let e2e = self.e2e.as_ref().and_then(|e| per(&e.throughput.usage));
+        let drain = self.drain.as_ref().and_then(|d| per(&d.usage));
+
+        let mut rows = Vec::new();
+        let mut row =
+            |path: &str, needed: Duration, (reference, to): (Duration, &str), goal: Option<f64>| {
+                let bound = cpu_bound(reference, needed);
+                let (goal, reached) = goal
+                    .map(|g| (format!("≥ {g}"), reach(bound >= g)))
+                    .unwrap_or_default();
+                rows.push(format!(
+                    "| {path} | {} | {bound:.2} of {to} | {goal} | {reached} |",
+                    cpu_ms(needed)
+                ));
+            };
+        if let (Some(smaller), Some(floor), Some(broker)) = (smaller, floor_commit, broker) {
+            row(
+                "3 end-to-end, at the least: commit, read and mark (1b), publish with a confirm (2)",
+                floor + broker,
+                smaller,
+                Some(0.9),
+            );
+        }
+        if let (Some(smaller), Some(e2e)) = (smaller, e2e) {
+            row("3 end-to-end, as measured", e2e, smaller, None);
+        }
+        if let (Some(broker), Some(floor)) = (broker, floor_backlog) {
+            row(
+                "5 drain, at the least: read and mark (1c), publish with a confirm (2)",
+                floor + broker,
+                (broker, "2"),
+                Some(0.8),
+            );
+        }
+        if let (Some(broker), Some(log)) = (broker, log_backlog) {
+            row(
+                "5 drain read as a log (1e: follow the stream, publish, one cursor write per batch)",
+                log,
+                (broker, "2"),
+                Some(0.8),
+            );
+        }
+        if let (Some(broker), Some(drain)) = (broker, drain) {
+            row("5 drain, as measured", drain, (broker, "2"), None);
+        }
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nWhat the CPU allows (this process, the database server and RabbitMQ \
+             together, per record; at equal use of the machine a rate goes as the \
+             inverse of its CPU per record, so a path costing at least the rows named \
+             reaches at most the ratio given):\n\n\
+             | path | CPU per record | at most | goal | |\n|---|---|---|---|---|\n",
+        );
+        for row in rows {
+            let _ = writeln!(out, "{row}");
+        }
         out
     }
 
@@ -319,17 +419,18 @@ impl Results {
         let cpu = |v: Option<f64>| v.map(|v| format!("{v:.0} %")).unwrap_or("n/a".into());
         let mut out = String::from(
             "\nWhere the time goes (CPU in % of one core; 200 % is the whole machine):\n\n\
-             | phase | rate /s | this process | database server | RabbitMQ | DB commands per record | DB commands /s |\n\
-             |---|---|---|---|---|---|---|\n",
+             | phase | rate /s | this process | database server | RabbitMQ | CPU per record | DB commands per record | DB commands /s |\n\
+             |---|---|---|---|---|---|---|---|\n",
         );
         for (name, usage, r) in &rows {
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} |",
                 rate(*r),
                 cpu(usage.cpu.own),
                 cpu(usage.cpu.database),
                 cpu(usage.cpu.broker),
+                usage.cpu_per_unit.map(cpu_ms).unwrap_or("n/a".into()),
                 usage
                     .commands_per_unit
                     .map(|c| format!("{c:.1}"))
@@ -371,7 +472,16 @@ impl Results {
 
 #[cfg(test)]
 mod tests {
-    use super::ratios;
+    use super::{cpu_bound, ratios};
+    use std::time::Duration;
+
+    #[test]
+    fn a_path_costing_twice_the_reference_per_record_reaches_half_its_rate() {
+        let reference = Duration::from_micros(700);
+        assert!((cpu_bound(reference, Duration::from_micros(1400)) - 0.5).abs() < 1e-9);
+        assert!((cpu_bound(reference, reference) - 1.0).abs() < 1e-9);
+        assert!(cpu_bound(reference, Duration::ZERO).is_finite());
+    }
 
     #[test]
     fn the_ratio_cell_names_each_known_ratio_and_skips_the_unknown() {

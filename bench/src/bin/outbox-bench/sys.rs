@@ -130,11 +130,23 @@ pub struct CpuUse {
     pub own: Option<f64>,
     pub database: Option<f64>,
     pub broker: Option<f64>,
+    /// How long the sample ran.
+    pub wall: Duration,
+}
+
+impl CpuUse {
+    /// CPU time of the three processes together; none unless this process
+    /// and the database server were both read (RabbitMQ may run elsewhere).
+    pub fn total(&self) -> Option<Duration> {
+        let pct = self.own? + self.database? + self.broker.unwrap_or(0.0);
+        Some(self.wall.mul_f64(pct / 100.0))
+    }
 }
 
 impl CpuSample {
     pub fn finish(&self) -> CpuUse {
-        let wall = self.at.elapsed().as_secs_f64().max(1e-6);
+        let elapsed = self.at.elapsed();
+        let wall = elapsed.as_secs_f64().max(1e-6);
         let tps = ticks_per_second();
         let pct = |before: Option<u64>, now: Option<u64>| match (before, now) {
             (Some(b), Some(n)) => Some((n.saturating_sub(b)) as f64 / tps / wall * 100.0),
@@ -145,6 +157,7 @@ impl CpuSample {
             own: pct(self.own, cpu_ticks("self")),
             database: pct(self.database, read(self.watched.database)),
             broker: pct(self.broker, read(self.watched.broker)),
+            wall: elapsed,
         }
     }
 }
