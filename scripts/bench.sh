@@ -54,8 +54,13 @@ case "$server" in
     ;;
 esac
 
-# RabbitMQ (and the Python server on :27017, which the bench leaves alone).
-scripts/deps.sh "${extra[@]}"
+# RabbitMQ (and the Python server on :27017, which the bench leaves alone);
+# with a server of the caller's, RabbitMQ alone.
+if [ -n "$mongo" ]; then
+  scripts/deps.sh --broker-only
+else
+  scripts/deps.sh "${extra[@]}"
+fi
 
 log "building outbox-bench (release)"
 cargo build --release -p realtime-bench --bin outbox-bench

@@ -9,6 +9,8 @@
 #   scripts/deps.sh                              MongoDB-wire server, RabbitMQ, Redis
 #   scripts/deps.sh prometheus docker-compose redis-tls secantus-rs
 #                                                the same, then these tools too
+#   scripts/deps.sh --broker-only                RabbitMQ alone (the benchmark
+#                                                against a server of your own)
 #
 # The optional names only install tools (Debian's prometheus/promtool,
 # prometheus-alertmanager/amtool and docker-compose, used by the
@@ -177,6 +179,12 @@ ensure_node() {
   log "installing nodejs and npm"
   apt_install nodejs npm
 }
+
+if [ "${1:-}" = --broker-only ]; then
+  ensure_rabbitmq
+  log "ready: amqp://127.0.0.1:$RABBITMQ_PORT"
+  exit 0
+fi
 
 # Check the optional names before starting anything.
 for extra in "$@"; do
