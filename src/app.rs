@@ -181,7 +181,7 @@ impl Application {
                 flutterwave.clone(),
                 orders.clone(),
                 config.client_url.clone(),
-                config.checkout_session,
+                config.checkout_session_minutes,
             ),
             payments: Payments::new(flutterwave, orders.clone()),
             uploads: Uploads::new(config.cloudinary.clone()),

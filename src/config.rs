@@ -5,7 +5,7 @@
 //! defaults let `scripts/run.sh` work without editing anything; production
 //! refuses them.
 
-use crate::payments::reconcile::{LONGEST_SESSION, ReconcileSettings};
+use crate::payments::reconcile::{LONGEST_SESSION_MINUTES, ReconcileSettings};
 use std::fmt;
 use std::time::Duration;
 
@@ -100,9 +100,9 @@ pub struct Config {
     pub api_gateway_url: String,
     /// Base of links in e-mails (`{CLIENT_URL}/orders/{id}/activities`).
     pub client_url: String,
-    /// How long a checkout page takes payments (`CHECKOUT_SESSION_MINUTES`,
-    /// sent to Flutterwave as `session_duration`).
-    pub checkout_session: Duration,
+    /// How long a checkout page takes payments, in minutes as Flutterwave
+    /// takes it (`CHECKOUT_SESSION_MINUTES`, sent as `session_duration`).
+    pub checkout_session_minutes: u32,
     pub jwt_token: Secret,
     pub gateway_jwt_token: Secret,
     pub database_url: ConnectionUrl,
@@ -319,9 +319,9 @@ impl Config {
         })?;
         // Up to Flutterwave's longest session, which the sweep watches
         // whatever is set here.
-        let longest = LONGEST_SESSION.as_secs() / 60;
-        let checkout_session = match vars.parse("CHECKOUT_SESSION_MINUTES", longest)? {
-            minutes if (1..=longest).contains(&minutes) => Duration::from_secs(minutes * 60),
+        let longest = LONGEST_SESSION_MINUTES;
+        let checkout_session_minutes = match vars.parse("CHECKOUT_SESSION_MINUTES", longest)? {
+            minutes if (1..=longest).contains(&minutes) => minutes,
             _ => {
                 return Err(ConfigError {
                     variable: "CHECKOUT_SESSION_MINUTES",
@@ -393,7 +393,7 @@ impl Config {
             port: vars.parse("PORT", 4006)?,
             api_gateway_url,
             client_url,
-            checkout_session,
+            checkout_session_minutes,
             jwt_token: secret("JWT_TOKEN", "local-jwt-secret")?,
             gateway_jwt_token: secret("GATEWAY_JWT_TOKEN", "local-gateway-secret")?,
             database_url: ConnectionUrl(database_url),
@@ -745,7 +745,7 @@ mod tests {
     #[test]
     fn the_checkout_session_and_the_sweep_pace_are_checked() {
         let defaults = config(&[]).expect("defaults");
-        assert_eq!(defaults.checkout_session, Duration::from_secs(86_400));
+        assert_eq!(defaults.checkout_session_minutes, 1_440);
         assert_eq!(
             (
                 defaults.reconcile.concurrency,
@@ -759,7 +759,7 @@ mod tests {
             ("RECONCILE_RATE_PER_SEC", "8"),
         ])
         .expect("set");
-        assert_eq!(set.checkout_session, Duration::from_secs(5_400));
+        assert_eq!(set.checkout_session_minutes, 90);
         assert_eq!(
             (set.reconcile.concurrency, set.reconcile.rate_per_second),
             (2, 8)

@@ -23,7 +23,8 @@ pub struct Checkout {
     flutterwave: Flutterwave,
     orders: Orders,
     client_url: String,
-    session: Duration,
+    /// How long a page takes payments, in Flutterwave's unit.
+    session_minutes: u32,
 }
 
 impl Checkout {
@@ -31,13 +32,13 @@ impl Checkout {
         flutterwave: Flutterwave,
         orders: Orders,
         client_url: String,
-        session: Duration,
+        session_minutes: u32,
     ) -> Self {
         Self {
             flutterwave,
             orders,
             client_url,
-            session,
+            session_minutes,
         }
     }
 
@@ -101,7 +102,7 @@ impl Checkout {
             },
             // The reconciliation sweep stops watching when the page stops
             // taking payments; without a session the page might outlive it.
-            session_duration: self.session.as_secs().div_ceil(60),
+            session_duration: self.session_minutes,
         };
         // The session starts when Flutterwave makes the page, a little
         // before the answer comes: counted from before the call, the stored
@@ -112,8 +113,7 @@ impl Checkout {
             .create_payment_link(&request)
             .await
             .map_err(provider_error)?;
-        let expires_at =
-            asked_at + chrono::Duration::from_std(self.session).unwrap_or(chrono::Duration::zero());
+        let expires_at = asked_at + chrono::Duration::minutes(i64::from(self.session_minutes));
         let stored = self
             .orders
             .store_checkout_link(actor, &order.order_id, &link, expires_at)

@@ -43,7 +43,7 @@ pub struct PaymentLinkRequest {
     pub customer: Customer,
     pub customizations: Customizations,
     /// Minutes the page takes payments; after that no payment can come.
-    pub session_duration: u64,
+    pub session_duration: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

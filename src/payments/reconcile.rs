@@ -52,7 +52,8 @@ pub struct ReconcileSettings {
 }
 
 /// Flutterwave's longest checkout session (`session_duration`, minutes).
-pub const LONGEST_SESSION: Duration = Duration::from_secs(1_440 * 60);
+pub const LONGEST_SESSION_MINUTES: u32 = 1_440;
+pub const LONGEST_SESSION: Duration = Duration::from_secs(LONGEST_SESSION_MINUTES as u64 * 60);
 
 impl ReconcileSettings {
     /// How long after its checkout an order is checked: until any page
