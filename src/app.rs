@@ -99,6 +99,7 @@ impl Application {
                 concurrency: config.outbox_concurrency,
                 rounds_in_flight: config.outbox_rounds_in_flight,
                 per_aggregate: config.outbox_per_aggregate,
+                watch_changes: config.outbox_watch_changes,
                 ..RelayConfig::default()
             },
         )
