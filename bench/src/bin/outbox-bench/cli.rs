@@ -29,7 +29,8 @@ usage: outbox-bench [flags]
   --only LIST              comma-separated phases: tx,broker,floor,log,e2e,latency,drain,http,
                            outage
   --no-monitor             no driver command monitoring (to check its overhead)
-  --no-watch               relay without its change-stream watcher (to measure its cost)
+  --watch                  relay with its change-stream watcher, which the service leaves
+                           off (OUTBOX_WATCH_CHANGES; to measure its cost)
   --no-hand                producers wake the relay to scan instead of handing it their
                            aggregate (to measure the hand-over)
 ";
@@ -54,6 +55,7 @@ pub struct Args {
     pub per_aggregate: Option<i64>,
     pub only: Option<Vec<String>>,
     pub monitor: bool,
+    /// The relay's change-stream watcher, off as in the service.
     pub watch: bool,
     /// Producers hand their aggregate to the relay rather than wake it to scan.
     pub hand: bool,
@@ -86,7 +88,7 @@ impl Args {
             per_aggregate: None,
             only: None,
             monitor: true,
-            watch: true,
+            watch: false,
             hand: true,
         };
         while let Some(flag) = argv.next() {
@@ -97,8 +99,8 @@ impl Args {
                 args.monitor = false;
                 continue;
             }
-            if flag == "--no-watch" {
-                args.watch = false;
+            if flag == "--watch" {
+                args.watch = true;
                 continue;
             }
             if flag == "--no-hand" {
