@@ -60,17 +60,13 @@ impl Collector {
     /// The export holding the request span of `trace_id`, waited for up
     /// to 30 s (the batch processor sends every 200 ms here).
     async fn request_export(&self, trace_id: &str) -> (HeaderMap, ExportTraceServiceRequest) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(found) = self.export_with(trace_id) {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the request's span was exported within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(
+            "the request's span to be exported",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async { self.export_with(trace_id) },
+        )
+        .await
     }
 
     /// The export that holds a span of `trace_id`, decoded, with its headers.
@@ -390,26 +386,32 @@ async fn a_consumed_review_and_the_relay_batch_it_causes_are_spans() {
         )
         .await
         .expect("declare the review exchange");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut found = None;
-    while found.is_none() && Instant::now() < deadline {
-        let confirm = channel
-            .basic_publish(
-                queues.exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                body.to_string().as_bytes(),
-                BasicProperties::default()
-                    .with_message_id(uuid::Uuid::new_v4().to_string().into())
-                    .with_headers(headers.clone()),
-            )
-            .await
-            .expect("publish");
-        let _ = confirm.await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        found = collector.export_with(&trace_id);
-    }
-    let (_, export) = found.expect("a consumer span in the message's trace");
+    let (_, export) = poll_until(
+        "a consumer span in the message's trace",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            // Looked at first: the last round's message has had its 500 ms.
+            let found = collector.export_with(&trace_id);
+            if found.is_none() {
+                let confirm = channel
+                    .basic_publish(
+                        queues.exchange.as_str().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        body.to_string().as_bytes(),
+                        BasicProperties::default()
+                            .with_message_id(uuid::Uuid::new_v4().to_string().into())
+                            .with_headers(headers.clone()),
+                    )
+                    .await
+                    .expect("publish");
+                let _ = confirm.await;
+            }
+            found
+        },
+    )
+    .await;
     let span = spans(&export)
         .find(|s| hex(&s.trace_id) == trace_id)
         .expect("span");
@@ -424,18 +426,19 @@ async fn a_consumed_review_and_the_relay_batch_it_causes_are_spans() {
         attribute(&span.attributes, "messaging.destination.name").as_deref(),
         Some(queues.main.as_str())
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let relay_batch = || {
-        collector.posts().iter().any(|(_, body)| {
-            ExportTraceServiceRequest::decode(body.as_ref())
-                .map(|r| spans(&r).any(|s| s.name == "outbox.relay.batch"))
-                .unwrap_or(false)
-        })
-    };
-    while !relay_batch() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(relay_batch(), "the relay's batch was exported as a span");
+    poll_until(
+        "the relay's batch to be exported as a span",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            collector.posts().iter().any(|(_, body)| {
+                ExportTraceServiceRequest::decode(body.as_ref())
+                    .map(|r| spans(&r).any(|s| s.name == "outbox.relay.batch"))
+                    .unwrap_or(false)
+            })
+        },
+    )
+    .await;
     let _ = connection.close(200, "done".into()).await;
     service.stop().await;
 }

@@ -386,16 +386,19 @@ async fn a_checkout_whose_page_ended_long_ago_is_no_longer_checked() {
     // Its paid-phase schedule appears in a later sweep than the one that
     // paid it, so every sweep that could have seen the old one is over.
     let paid_key = format!("paid:{fresh}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while checks
-        .find_one(bson::doc! { "_id": &paid_key })
-        .await
-        .expect("schedule read")
-        .is_none()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no later sweep");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        "a later sweep",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            checks
+                .find_one(bson::doc! { "_id": &paid_key })
+                .await
+                .expect("schedule read")
+                .is_some()
+        },
+    )
+    .await;
     assert!(
         checks
             .find_one(bson::doc! { "_id": &old })

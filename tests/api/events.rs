@@ -302,22 +302,24 @@ async fn a_refund_that_fails_after_being_pending_is_recorded_failed_and_not_sent
     // Parked for an operator, not looked at again for ever. The relay parks
     // the record just after the command has recorded the failure.
     let refund_aggregate = format!("refund:{id}");
-    let mut parked = 0;
-    for _ in 0..100 {
-        parked = app
-            .state
-            .outbox
-            .parked(10)
-            .await
-            .expect("parked")
-            .into_iter()
-            .filter(|r| r.aggregate_id.starts_with(&refund_aggregate))
-            .count();
-        if parked > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let parked = poll_until(
+        "the refund's record to be parked",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let parked = app
+                .state
+                .outbox
+                .parked(10)
+                .await
+                .expect("parked")
+                .into_iter()
+                .filter(|r| r.aggregate_id.starts_with(&refund_aggregate))
+                .count();
+            (parked > 0).then_some(parked)
+        },
+    )
+    .await;
     assert_eq!(parked, 1);
     app.shutdown().await;
 }
@@ -386,17 +388,19 @@ async fn a_refund_still_settling_does_not_hold_back_the_orders_events() {
 }
 
 async fn wait_for_refund(app: &TestApp, id: &str) -> Value {
-    for _ in 0..300 {
-        let order = app.get("wendy", id).await;
-        let order = if order.status == StatusCode::OK {
-            order.body["order"].clone()
-        } else {
-            app.get("uma", id).await.body["order"].clone()
-        };
-        if order["refund"]["status"] == "completed" {
-            return order;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("refund did not complete");
+    poll_until(
+        "the refund to complete",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let order = app.get("wendy", id).await;
+            let order = if order.status == StatusCode::OK {
+                order.body["order"].clone()
+            } else {
+                app.get("uma", id).await.body["order"].clone()
+            };
+            (order["refund"]["status"] == "completed").then_some(order)
+        },
+    )
+    .await
 }

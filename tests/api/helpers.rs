@@ -1,7 +1,8 @@
 //! The test harness: `spawn_app`, a `TestApp` with one method per route, an
 //! AMQP tap that reads what peers would receive, a TCP proxy that can cut
-//! the service off from the broker, and `spawn_binary` for what only the real
-//! process wires (telemetry, signals).
+//! the service off from the broker, `spawn_binary` for what only the real
+//! process wires (telemetry, signals), and `poll_until` for waiting on what
+//! happens in the background.
 
 use flutterwave_sim::{NewTransaction, SimHandle, Simulator};
 use futures::StreamExt;
@@ -693,6 +694,67 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// What a check given to [`poll_until`] answers: `true`, `Some(value)` or
+/// `Ok(value)` once what it waits for holds. An `Err` says what the check saw
+/// instead, for the panic to show: a test that times out says how far it got.
+pub trait Polled {
+    type Value;
+    fn into_result(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl Polled for bool {
+    type Value = ();
+    fn into_result(self) -> Result<(), Option<String>> {
+        if self { Ok(()) } else { Err(None) }
+    }
+}
+
+impl<T> Polled for Option<T> {
+    type Value = T;
+    fn into_result(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Polled for Result<T, E> {
+    type Value = T;
+    fn into_result(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(seen.to_string()))
+    }
+}
+
+/// Runs `check` every `every` until it answers that it is done (see
+/// [`Polled`]) and returns its value. What the tests wait for happens in the
+/// background (the relay, a consumer, another process), so they look again
+/// rather than sleep for a guessed time; `within` bounds the wait, after
+/// which the panic names `what` and the last thing the check saw.
+pub async fn poll_until<P, F, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut check: F,
+) -> P::Value
+where
+    P: Polled,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = P>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = match check().await.into_result() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            match seen {
+                Some(seen) => panic!("timed out after {within:?} waiting for {what}: {seen}"),
+                None => panic!("timed out after {within:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Starts the binary and waits (bounded) until it answers `/health/live`.
 pub async fn spawn_binary(env: &[(&str, String)]) -> Binary {
     let port = free_port();
@@ -725,19 +787,21 @@ pub async fn spawn_binary(env: &[(&str, String)]) -> Binary {
     };
     let live = format!("{}/health/live", binary.base);
     // Generous: the whole suite runs in parallel on two cores.
-    for _ in 0..600 {
-        if binary
-            .http
-            .get(&live)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return binary;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the service came up");
+    poll_until(
+        "the service to come up",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            binary
+                .http
+                .get(&live)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    binary
 }
 
 impl Binary {

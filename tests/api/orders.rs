@@ -663,19 +663,22 @@ async fn health_and_admin_routes() {
     // what the last scrape did.
     let gauges = app.state.metrics.families();
     gauges.outbox_pending.set(-1);
-    let mut ready = app
-        .send(app.http.get(format!("{}/health/ready", app.address)))
-        .await;
-    for _ in 0..50 {
-        if ready.status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        ready = app
-            .send(app.http.get(format!("{}/health/ready", app.address)))
-            .await;
-    }
-    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    let ready = poll_until(
+        "the service to be ready",
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(100),
+        || async {
+            let ready = app
+                .send(app.http.get(format!("{}/health/ready", app.address)))
+                .await;
+            if ready.status == StatusCode::OK {
+                Ok(ready)
+            } else {
+                Err(ready.body)
+            }
+        },
+    )
+    .await;
     assert_eq!(ready.body["mongo"], "up");
     assert_eq!(ready.body["rabbitmq"], "up");
     assert_eq!(

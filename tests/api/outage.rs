@@ -94,14 +94,16 @@ async fn the_service_starts_and_serves_while_the_broker_is_down() {
 }
 
 async fn wait_ready(app: &TestApp) {
-    for _ in 0..100 {
-        let ready = app
-            .send(app.http.get(format!("{}/health/ready", app.address)))
-            .await;
-        if ready.status == StatusCode::OK {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("service never became ready");
+    poll_until(
+        "the service to become ready",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            app.send(app.http.get(format!("{}/health/ready", app.address)))
+                .await
+                .status
+                == StatusCode::OK
+        },
+    )
+    .await;
 }

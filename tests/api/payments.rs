@@ -231,14 +231,16 @@ async fn a_forged_webhook_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(status, 200);
-    let mut parked = Vec::new();
-    for _ in 0..100 {
-        parked = app.state.outbox.parked(10).await.unwrap();
-        if !parked.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let parked = poll_until(
+        "the stray webhook to be parked",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let parked = app.state.outbox.parked(10).await.unwrap();
+            (!parked.is_empty()).then_some(parked)
+        },
+    )
+    .await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].aggregate_id, "webhook:not-ours");
     app.shutdown().await;

@@ -99,18 +99,15 @@ impl SocketClient {
 
     /// Polls until `done` holds over the lines printed so far.
     async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
+        poll_until(what, TIMEOUT, Duration::from_millis(25), || async {
             let lines = self.lines();
             if done(&lines) {
-                return lines;
+                Ok(lines)
+            } else {
+                Err(format!("the client printed {lines:#?}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; the client printed {lines:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 
     async fn wait_notifications(&self, count: usize) -> Vec<Value> {
@@ -144,27 +141,19 @@ async fn mark_as_read(app: &TestApp, username: &str, notification_id: &str) -> V
 
 /// The socket record of `aggregate` once the relay has marked it published.
 async fn published_record(app: &TestApp, aggregate: &str) -> outbox::OutboxRecord {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let records = app
-            .state
-            .outbox
-            .records_of(aggregate)
-            .await
-            .expect("records");
-        assert!(records.len() <= 1, "one record: {records:?}");
-        if let Some(record) = records
-            .into_iter()
-            .find(|r| r.status == outbox::RecordStatus::Published)
-        {
-            return record;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{aggregate} was never published"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    poll_until(
+        &format!("{aggregate} to be published"),
+        TIMEOUT,
+        Duration::from_millis(25),
+        || async {
+            let records = app.outbox_records(aggregate).await;
+            assert!(records.len() <= 1, "one record: {records:?}");
+            records
+                .into_iter()
+                .find(|r| r.status == outbox::RecordStatus::Published)
+        },
+    )
+    .await
 }
 
 fn expired_token(username: &str) -> String {
@@ -744,21 +733,20 @@ async fn emits_wait_out_a_redis_outage_and_the_link_comes_back_by_itself() {
     proxy.cut();
     let first = paid_order(&a, &buyer, &seller).await;
     let aggregate = format!("socket:{}", first["orderId"].as_str().unwrap());
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let records = a
-            .state
-            .outbox
-            .records_of(&aggregate)
-            .await
-            .expect("records");
-        if records.first().is_some_and(|r| r.attempts >= 1) {
-            assert_eq!(records[0].status, outbox::RecordStatus::Pending);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{records:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let record = poll_until(
+        &format!("a failed attempt to emit {aggregate}"),
+        TIMEOUT,
+        Duration::from_millis(25),
+        || async {
+            let records = a.outbox_records(&aggregate).await;
+            match records.first() {
+                Some(record) if record.attempts >= 1 => Ok(record.clone()),
+                _ => Err(format!("{records:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(record.status, outbox::RecordStatus::Pending);
     assert!(
         client.lines().iter().all(|l| l["type"] != "raw"),
         "a failed publish emits nothing, not even locally"

@@ -16,8 +16,12 @@ use order_service::consumers::queues::QueueSet;
 use order_service::consumers::{redrive, republish, review};
 use order_service::orders::Order;
 use serde_json::{Value, json};
-use std::future::Future;
 use std::time::Duration;
+
+/// How long a test waits for the consumer to get somewhere, unless it says
+/// otherwise, and how often it looks again.
+const TIMEOUT: Duration = Duration::from_secs(30);
+const EVERY: Duration = Duration::from_millis(50);
 
 /// A review service stand-in: publishes to the review exchange with
 /// confirms, and reads the queues around it.
@@ -46,11 +50,16 @@ impl ReviewService {
             queues: review::queues(&app.prefix),
         };
         let main = service.queues.main.clone();
-        eventually("the app to consume the review queue", 30, || {
-            let service = &service;
-            let main = main.clone();
-            async move { service.consumers(&main).await >= 1 }
-        })
+        poll_until(
+            "the app to consume the review queue",
+            TIMEOUT,
+            EVERY,
+            || {
+                let service = &service;
+                let main = main.clone();
+                async move { service.consumers(&main).await >= 1 }
+            },
+        )
         .await;
         service
     }
@@ -172,22 +181,6 @@ fn review_body(kind: &str, order_id: &str, rating: i64, text: &str) -> Value {
     })
 }
 
-/// Polls `check` every 50 ms until it holds; fails after `seconds`.
-async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn order(app: &TestApp, order_id: &str) -> Order {
     app.state
         .orders
@@ -264,7 +257,7 @@ async fn the_same_review_delivered_five_times_is_applied_once() {
             Some("review-last"),
         )
         .await;
-    eventually("the last review", 30, || async {
+    poll_until("the last review", TIMEOUT, EVERY, || async {
         order(&app, &last_id).await.buyer_review.is_some()
     })
     .await;
@@ -330,7 +323,7 @@ async fn bad_json_is_dead_lettered_and_the_reviews_behind_it_are_applied() {
             .await;
     }
     for order_id in &ids {
-        eventually("the reviews behind the bad one", 30, || async {
+        poll_until("the reviews behind the bad one", TIMEOUT, EVERY, || async {
             order(&app, order_id).await.buyer_review.is_some()
         })
         .await;
@@ -420,20 +413,18 @@ async fn a_review_for_an_unknown_order_is_retried_then_dead_lettered_and_can_be_
     service.publish_json(&body, Some("ghost-review")).await;
 
     // Seen the way an operator sees it (`reviews dlq`): nothing is removed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let parked = loop {
-        let (_, parked) = redrive::peek(&app.state.broker, &service.queues, 10)
-            .await
-            .expect("peek");
-        if !parked.is_empty() {
-            break parked;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing reached the DLQ"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let parked = poll_until(
+        "the review to reach the DLQ",
+        Duration::from_secs(60),
+        EVERY,
+        || async {
+            let (_, parked) = redrive::peek(&app.state.broker, &service.queues, 10)
+                .await
+                .expect("peek");
+            (!parked.is_empty()).then_some(parked)
+        },
+    )
+    .await;
     assert_eq!(parked.len(), 1);
     let message = &parked[0];
     assert_eq!(message.message_id.as_deref(), Some("ghost-review"));
@@ -464,7 +455,7 @@ async fn a_review_for_an_unknown_order_is_retried_then_dead_lettered_and_can_be_
     let code =
         order_service::cli::run(&order_service::cli::Tools::from_state(&app.state), &args).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
-    eventually("the re-driven review", 30, || async {
+    poll_until("the re-driven review", TIMEOUT, EVERY, || async {
         order(&app, &order_id).await.seller_review.is_some()
     })
     .await;
@@ -491,15 +482,23 @@ async fn a_review_that_overtakes_its_order_is_applied_once_the_order_exists() {
         )
         .await;
     let retry = service.queues.retry.clone();
-    eventually("the review to wait in the retry queue", 30, || {
-        let (service, retry) = (&service, retry.clone());
-        async move { service.depth(&retry).await >= 1 }
-    })
+    poll_until(
+        "the review to wait in the retry queue",
+        TIMEOUT,
+        EVERY,
+        || {
+            let (service, retry) = (&service, retry.clone());
+            async move { service.depth(&retry).await >= 1 }
+        },
+    )
     .await;
     app.new_order(&order_id, "hal", "ivy", 30.0).await;
-    eventually("the review, once its order exists", 30, || async {
-        order(&app, &order_id).await.buyer_review.is_some()
-    })
+    poll_until(
+        "the review, once its order exists",
+        TIMEOUT,
+        EVERY,
+        || async { order(&app, &order_id).await.buyer_review.is_some() },
+    )
     .await;
     assert_eq!(
         order(&app, &order_id)
@@ -561,9 +560,12 @@ async fn five_hundred_reviews_are_applied_exactly_once_across_a_broker_outage() 
     for (message_id, body) in first {
         service.publish_json(body, Some(message_id)).await;
     }
-    eventually("the consumer to be mid-stream", 60, || async {
-        inbox_entries(&app).await >= 50
-    })
+    poll_until(
+        "the consumer to be mid-stream",
+        Duration::from_secs(60),
+        EVERY,
+        || async { inbox_entries(&app).await >= 50 },
+    )
     .await;
     proxy.cut();
     let at_cut = inbox_entries(&app).await;
@@ -571,14 +573,20 @@ async fn five_hundred_reviews_are_applied_exactly_once_across_a_broker_outage() 
     for (message_id, body) in second {
         service.publish_json(body, Some(message_id)).await;
     }
-    eventually("the service to notice the outage", 30, || async {
-        !app.state.broker.is_connected()
-    })
+    poll_until(
+        "the service to notice the outage",
+        TIMEOUT,
+        EVERY,
+        || async { !app.state.broker.is_connected() },
+    )
     .await;
     proxy.restore();
-    eventually("all 500 reviews", 420, || async {
-        inbox_entries(&app).await == messages.len() as u64
-    })
+    poll_until(
+        "all 500 reviews",
+        Duration::from_secs(420),
+        EVERY,
+        || async { inbox_entries(&app).await == messages.len() as u64 },
+    )
     .await;
     assert!(at_cut < messages.len() as u64, "the cut came mid-stream");
 
@@ -633,7 +641,7 @@ async fn the_records_a_review_causes_carry_its_trace_and_correlation() {
                 .with_headers(headers),
         )
         .await;
-    eventually("the review", 30, || async {
+    poll_until("the review", TIMEOUT, EVERY, || async {
         order(&app, &order_id).await.buyer_review.is_some()
     })
     .await;

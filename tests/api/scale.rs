@@ -6,7 +6,7 @@
 //! requests would have left it), so the test controls its size; a queue
 //! bound to the service's order exchange reads what a peer receives.
 
-use crate::helpers::{EventTap, amqp_uri, free_port, mongo_uri};
+use crate::helpers::{EventTap, amqp_uri, free_port, mongo_uri, poll_until};
 use futures::{FutureExt, StreamExt};
 use lapin::{Connection, ConnectionProperties};
 use outbox::transaction::{self, RetryPolicy};
@@ -50,24 +50,21 @@ fn spawn_service(name: &str, port: u16, database: &str, prefix: &str) -> Child {
 
 async fn wait_live(port: u16, child: &mut Child) {
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("order-service on port {port} exited during start-up: {status}");
-        }
-        let live = http
-            .get(format!("http://127.0.0.1:{port}/health/live"))
-            .send()
-            .await;
-        if live.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "order-service on port {port} never became live"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        &format!("order-service on port {port} to become live"),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("order-service on port {port} exited during start-up: {status}");
+            }
+            let live = http
+                .get(format!("http://127.0.0.1:{port}/health/live"))
+                .send();
+            async move { live.await.is_ok_and(|r| r.status().is_success()) }
+        },
+    )
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +149,13 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
     }
 
     // Kill A once delivery is under way and a backlog remains.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tap.all().len() < staged.len() / 10 {
-        assert!(Instant::now() < deadline, "delivery never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll_until(
+        "delivery to start",
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || async { tap.all().len() >= staged.len() / 10 },
+    )
+    .await;
     a.start_kill().expect("SIGKILL");
     let killed_at = Instant::now();
     a.wait().await.expect("reaped");
@@ -176,35 +175,43 @@ async fn a_killed_instance_leaves_its_backlog_to_the_other_with_nothing_lost() {
     assert!(backlog > 0, "A was killed with a backlog");
 
     // B alone delivers all of it: A's aggregates once A's leases run out.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let stats = outbox.stats().await.expect("stats");
-        if stats.pending == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} records still pending {:?} after A was killed",
-            stats.pending,
-            killed_at.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        "B to deliver the backlog",
+        Duration::from_secs(180),
+        Duration::from_millis(50),
+        || async {
+            let stats = outbox.stats().await.expect("stats");
+            if stats.pending == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} records still pending {:?} after A was killed",
+                    stats.pending,
+                    killed_at.elapsed()
+                ))
+            }
+        },
+    )
+    .await;
     let drained_after = killed_at.elapsed();
     let wanted: HashSet<String> = staged.iter().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got: HashSet<String> = received().into_iter().map(|r| r.2).collect();
-        if wanted.is_subset(&got) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lost: {:?}",
-            wanted.difference(&got).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        "every staged record to arrive",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let got: HashSet<String> = received().into_iter().map(|r| r.2).collect();
+            if wanted.is_subset(&got) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "lost: {:?}",
+                    wanted.difference(&got).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
 
     let received = received();
     let mut first_seen: HashSet<&str> = HashSet::new();
