@@ -52,9 +52,10 @@ pub struct RelayConfig {
     /// Aggregates delivered at once by one round.
     pub concurrency: usize,
     /// Rounds delivering and marking at once, each on aggregates of its
-    /// own. A round starts beside others on a backlog, or once the youngest
-    /// has run `OVERLAP_AFTER` (50 ms); the next round's scan, claim and
-    /// read overlap the others' delivery.
+    /// own. A round starts beside others on a backlog, once the youngest
+    /// has delivered (it only marks and releases then), or once it has run
+    /// `OVERLAP_AFTER` (50 ms); the next round's scan, claim and read
+    /// overlap the others' delivery.
     pub rounds_in_flight: usize,
     /// Most records of one aggregate delivered under one lease.
     pub per_aggregate: i64,
@@ -353,7 +354,8 @@ impl Relay {
     pub async fn run_once(&self) -> Result<RoundOutcome> {
         let (mut outcome, claimed) = self.round(&[], true, Vec::new()).await?;
         if let Some(claimed) = claimed {
-            outcome.add(self.complete(claimed).await?);
+            // No round waits on this one.
+            outcome.add(self.complete(claimed, watch::Sender::new(false)).await?);
         }
         Ok(outcome)
     }
@@ -464,7 +466,13 @@ impl Relay {
 
     /// Delivers a round's claimed records, then marks the confirmed ones
     /// published and releases the leases, whatever the mark did.
-    async fn complete(&self, claimed: Claimed) -> Result<RoundOutcome> {
+    /// Delivers a claimed round, tells the loop through `delivered` once
+    /// every publish has its outcome, then marks and releases.
+    async fn complete(
+        &self,
+        claimed: Claimed,
+        delivered: watch::Sender<bool>,
+    ) -> Result<RoundOutcome> {
         let Claimed {
             claimed,
             pending,
@@ -472,15 +480,18 @@ impl Relay {
             claimed_at,
             span,
         } = claimed;
-        let (outcome, delivered) = self
+        let (outcome, confirmed) = self
             .deliver_claimed(pending, channel.as_ref(), claimed_at)
             .instrument(span.clone())
             .await;
         span.record("delivered", outcome.delivered);
+        // The next round need not wait for this one's mark and release:
+        // its aggregates stay busy until the round is settled.
+        delivered.send_replace(true);
         // Chaos: the process dies with the records confirmed but not marked;
         // another relay sends them again once the leases expire.
         fail::fail_point!("outbox-before-mark", |_| std::process::abort());
-        let marked = self.outbox.mark_published(&delivered).await;
+        let marked = self.outbox.mark_published(&confirmed).await;
         let released = self.leases.release_many(&claimed).await;
         marked?;
         released?;
@@ -1050,8 +1061,9 @@ const CHANGE_BATCH: usize = 1024;
 const OUTAGE_ROUND: Duration = Duration::from_secs(5);
 
 /// Without a backlog, a round starts beside one in flight only once that
-/// one has run this long: far above a round's usual time under load (a few
-/// milliseconds), far below a destination's timeouts.
+/// one has delivered (it only marks and releases then), or has run this
+/// long: far above a round's usual time under load (a few milliseconds),
+/// far below a destination's timeouts.
 const OVERLAP_AFTER: Duration = Duration::from_millis(50);
 
 async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
@@ -1131,12 +1143,17 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         // then the next round waits for the one in flight, which gathers
         // the hand-overs meanwhile.
         let full = in_flight.len() >= relay.config.rounds_in_flight.max(1);
-        let overlap_in = wait_to_overlap(backlog, in_flight.youngest());
+        let youngest = in_flight.youngest();
+        let overlap_in = wait_to_overlap(backlog, youngest.as_ref().map(Youngest::progress));
         if full || overlap_in.is_some() {
+            let mut delivered = youngest.map(|y| y.delivered);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = in_flight.settle_next() => {}
                 _ = tokio::time::sleep(overlap_in.unwrap_or_default()), if !full => {}
+                // An ended round's sender is gone: settled on the next turn.
+                _ = async { delivered.as_mut()?.wait_for(|d| *d).await.ok() },
+                    if !full && delivered.is_some() => {}
             }
             continue;
         }
@@ -1217,6 +1234,20 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
 struct InFlight {
     busy: Busy,
     started: Instant,
+    /// Set once its publishes have their outcomes.
+    delivered: watch::Receiver<bool>,
+}
+
+/// The youngest round in flight, for the decision to start another.
+struct Youngest {
+    age: Duration,
+    delivered: watch::Receiver<bool>,
+}
+
+impl Youngest {
+    fn progress(&self) -> (Duration, bool) {
+        (self.age, *self.delivered.borrow())
+    }
 }
 
 /// The loop's rounds in flight, each a [`Relay::complete`] in a task of its
@@ -1242,9 +1273,15 @@ impl InFlightRounds {
         self.tasks.is_empty()
     }
 
-    /// How long the youngest round in flight has run, if one is in flight.
-    fn youngest(&self) -> Option<Duration> {
-        self.rounds.values().map(|r| r.started.elapsed()).min()
+    /// The youngest round in flight, if one is in flight.
+    fn youngest(&self) -> Option<Youngest> {
+        self.rounds
+            .values()
+            .max_by_key(|r| r.started)
+            .map(|r| Youngest {
+                age: r.started.elapsed(),
+                delivered: r.delivered.clone(),
+            })
     }
 
     fn len(&self) -> usize {
@@ -1264,12 +1301,20 @@ impl InFlightRounds {
                 .map(|r| r.message_id.clone())
                 .collect(),
         };
+        let (delivered_tx, delivered) = watch::channel(false);
         let id = self
             .tasks
-            .spawn(async move { relay.complete(claimed).await })
+            .spawn(async move { relay.complete(claimed, delivered_tx).await })
             .id();
         let started = Instant::now();
-        self.rounds.insert(id, InFlight { busy, started });
+        self.rounds.insert(
+            id,
+            InFlight {
+                busy,
+                started,
+                delivered,
+            },
+        );
     }
 
     /// Until a round in flight ends, and settles it; at once if none is in
@@ -1315,13 +1360,17 @@ impl InFlightRounds {
 }
 
 /// How much longer the next round waits for the rounds in flight before
-/// it starts beside them, given whether the last round left work behind and
-/// how long the youngest round in flight has run.
-fn wait_to_overlap(backlog: bool, youngest: Option<Duration>) -> Option<Duration> {
+/// it starts beside them, given whether the last round left work behind,
+/// and how long the youngest round in flight has run and whether it has
+/// delivered.
+fn wait_to_overlap(backlog: bool, youngest: Option<(Duration, bool)>) -> Option<Duration> {
     if backlog {
         return None;
     }
-    youngest.and_then(|age| OVERLAP_AFTER.checked_sub(age))
+    match youngest {
+        Some((_, true)) | None => None,
+        Some((age, false)) => OVERLAP_AFTER.checked_sub(age),
+    }
 }
 
 /// Waits `pause`, or less if someone else reconnects the broker; local
@@ -1545,16 +1594,29 @@ mod tests {
     }
 
     #[test]
-    fn a_round_starts_beside_one_in_flight_only_on_a_backlog_or_once_that_one_is_slow() {
+    fn a_round_starts_beside_one_in_flight_only_on_a_backlog_or_once_that_one_delivered_or_is_slow()
+    {
         let ms = Duration::from_millis;
         assert_eq!(wait_to_overlap(false, None), None, "nothing in flight");
-        assert_eq!(wait_to_overlap(true, Some(ms(1))), None, "a backlog");
         assert_eq!(
-            wait_to_overlap(false, Some(ms(10))),
-            Some(OVERLAP_AFTER - ms(10)),
-            "a steady load waits for the round in flight"
+            wait_to_overlap(true, Some((ms(1), false))),
+            None,
+            "a backlog"
         );
-        assert_eq!(wait_to_overlap(false, Some(OVERLAP_AFTER + ms(1))), None);
+        assert_eq!(
+            wait_to_overlap(false, Some((ms(10), false))),
+            Some(OVERLAP_AFTER - ms(10)),
+            "a steady load waits for the round in flight to deliver"
+        );
+        assert_eq!(
+            wait_to_overlap(false, Some((ms(10), true))),
+            None,
+            "it only marks and releases now"
+        );
+        assert_eq!(
+            wait_to_overlap(false, Some((OVERLAP_AFTER + ms(1), false))),
+            None
+        );
     }
 
     #[test]
