@@ -464,10 +464,9 @@ impl Relay {
         Ok((total, Some(claimed)))
     }
 
-    /// Delivers a round's claimed records, then marks the confirmed ones
-    /// published and releases the leases, whatever the mark did.
     /// Delivers a claimed round, tells the loop through `delivered` once
-    /// every publish has its outcome, then marks and releases.
+    /// every publish has its outcome, then marks the confirmed records
+    /// published and releases the leases, whatever the mark did.
     async fn complete(
         &self,
         claimed: Claimed,
@@ -1140,8 +1139,8 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
         // flight pays off on a backlog, or to get past a slow one; under a
         // steady load it only splits the next batch, and the database does
         // each round's fixed work (claim, mark, release) more often, so
-        // then the next round waits for the one in flight, which gathers
-        // the hand-overs meanwhile.
+        // then the next round waits for the one in flight to deliver, and
+        // the hand-overs gather meanwhile.
         let full = in_flight.len() >= relay.config.rounds_in_flight.max(1);
         let youngest = in_flight.youngest();
         let overlap_in = wait_to_overlap(backlog, youngest.as_ref().map(Youngest::progress));
@@ -1151,9 +1150,18 @@ async fn run_loop(relay: Arc<Relay>, cancel: CancellationToken) {
                 _ = cancel.cancelled() => break,
                 _ = in_flight.settle_next() => {}
                 _ = tokio::time::sleep(overlap_in.unwrap_or_default()), if !full => {}
-                // An ended round's sender is gone: settled on the next turn.
-                _ = async { delivered.as_mut()?.wait_for(|d| *d).await.ok() },
-                    if !full && delivered.is_some() => {}
+                // A round whose task ended without delivering (a panic)
+                // drops its sender: `settle_next` takes it, rather than a
+                // branch that would end at once on every turn until then.
+                _ = async {
+                    let ended = match delivered.as_mut() {
+                        Some(d) => d.wait_for(|d| *d).await.is_err(),
+                        None => true,
+                    };
+                    if ended {
+                        std::future::pending::<()>().await;
+                    }
+                }, if !full && delivered.is_some() => {}
             }
             continue;
         }
@@ -1615,7 +1623,8 @@ mod tests {
         );
         assert_eq!(
             wait_to_overlap(false, Some((OVERLAP_AFTER + ms(1), false))),
-            None
+            None,
+            "a slow round is overtaken"
         );
     }
 
