@@ -58,11 +58,10 @@ fn reach(ok: bool) -> &'static str {
     }
 }
 
-/// The most a path whose records cost `needed` of CPU can reach, as a
-/// fraction of a rate whose records cost `reference`, on the same machine
-/// used as fully.
-fn cpu_bound(reference: Duration, needed: Duration) -> f64 {
-    reference.as_secs_f64() / needed.as_secs_f64().max(1e-12)
+/// The most a path whose records cost `needed` of CPU can reach on
+/// `cores` fully used, as a fraction of `reference` records per second.
+fn cpu_bound(cores: f64, needed: Duration, reference: f64) -> f64 {
+    cores / needed.as_secs_f64().max(1e-12) / reference.max(1e-12)
 }
 
 fn cpu_ms(d: Duration) -> String {
@@ -274,25 +273,23 @@ impl Results {
 
     /// How far the machine's CPU lets each missed goal go, from the CPU per
     /// record of the rows measured: a path that needs at least the work of
-    /// two rows costs at least their sum.
+    /// two rows costs at least their sum, and runs at most as fast as the
+    /// machine's cores allow at that cost.
     fn cpu_bounds(&self) -> String {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
         let per = |usage: &Usage| usage.cpu_per_unit;
-        let tx = self
-            .tx
-            .as_ref()
-            .and_then(|t| Some((t.rate(), per(&t.usage)?)));
-        let broker = self
-            .broker
-            .as_ref()
-            .and_then(|b| Some((b.rate(), per(&b.usage)?)));
+        let tx = self.tx.as_ref().map(Throughput::rate);
+        let broker_rate = self.broker.as_ref().map(Throughput::rate);
         // Row 3's ratio is to the smaller raw rate, so its bound is too.
-        let smaller = match (tx, broker) {
-            (Some((t, cost)), Some((b, _))) if t <= b => Some((cost, "1")),
-            (Some(_), Some((_, cost))) => Some((cost, "2")),
-            (Some((_, cost)), None) => Some((cost, "1")),
-            (None, b) => b.map(|(_, cost)| (cost, "2")),
+        let smaller = match (tx, broker_rate) {
+            (Some(t), Some(b)) if t <= b => Some((t, "1")),
+            (Some(_), Some(b)) => Some((b, "2")),
+            (Some(t), None) => Some((t, "1")),
+            (None, b) => b.map(|b| (b, "2")),
         };
-        let broker = broker.map(|(_, cost)| cost);
+        let broker = self.broker.as_ref().and_then(|b| per(&b.usage));
         let floor_commit = self.floor_commit.as_ref().and_then(|f| per(&f.usage));
         let floor_backlog = self.floor_backlog.as_ref().and_then(|f| per(&f.usage));
         let log_backlog = self
@@ -304,8 +301,8 @@ impl Results {
 
         let mut rows = Vec::new();
         let mut row =
-            |path: &str, needed: Duration, (reference, to): (Duration, &str), goal: Option<f64>| {
-                let bound = cpu_bound(reference, needed);
+            |path: &str, needed: Duration, (reference, to): (f64, &str), goal: Option<f64>| {
+                let bound = cpu_bound(cores, needed, reference);
                 let (goal, reached) = goal
                     .map(|g| (format!("≥ {g}"), reach(bound >= g)))
                     .unwrap_or_default();
@@ -323,35 +320,36 @@ impl Results {
             );
         }
         if let (Some(smaller), Some(e2e)) = (smaller, e2e) {
-            row("3 end-to-end, as measured", e2e, smaller, None);
+            row("3 end-to-end, at its measured cost", e2e, smaller, None);
         }
-        if let (Some(broker), Some(floor)) = (broker, floor_backlog) {
+        let to_broker = broker_rate.map(|b| (b, "2"));
+        if let (Some(to_broker), Some(broker), Some(floor)) = (to_broker, broker, floor_backlog) {
             row(
                 "5 drain, at the least: read and mark (1c), publish with a confirm (2)",
                 floor + broker,
-                (broker, "2"),
+                to_broker,
                 Some(0.8),
             );
         }
-        if let (Some(broker), Some(log)) = (broker, log_backlog) {
+        if let (Some(to_broker), Some(log)) = (to_broker, log_backlog) {
             row(
                 "5 drain read as a log (1e: follow the stream, publish, one cursor write per batch)",
                 log,
-                (broker, "2"),
+                to_broker,
                 Some(0.8),
             );
         }
-        if let (Some(broker), Some(drain)) = (broker, drain) {
-            row("5 drain, as measured", drain, (broker, "2"), None);
+        if let (Some(to_broker), Some(drain)) = (to_broker, drain) {
+            row("5 drain, at its measured cost", drain, to_broker, None);
         }
         if rows.is_empty() {
             return String::new();
         }
-        let mut out = String::from(
+        let mut out = format!(
             "\nWhat the CPU allows (this process, the database server and RabbitMQ \
-             together, per record; at equal use of the machine a rate goes as the \
-             inverse of its CPU per record, so a path costing at least the rows named \
-             reaches at most the ratio given):\n\n\
+             together, per record; a path costing at least the rows named runs at \
+             most at {cores:.0} cores ÷ that cost, given here as a ratio to the rate \
+             named; an estimate, as costs are assumed to add):\n\n\
              | path | CPU per record | at most | goal | |\n|---|---|---|---|---|\n",
         );
         for row in rows {
@@ -476,11 +474,11 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_path_costing_twice_the_reference_per_record_reaches_half_its_rate() {
-        let reference = Duration::from_micros(700);
-        assert!((cpu_bound(reference, Duration::from_micros(1400)) - 0.5).abs() < 1e-9);
-        assert!((cpu_bound(reference, reference) - 1.0).abs() < 1e-9);
-        assert!(cpu_bound(reference, Duration::ZERO).is_finite());
+    fn a_path_runs_at_most_as_fast_as_the_cores_allow_at_its_cost() {
+        // 2 cores at 2 ms a record: 1 000 records a second, half of 2 000.
+        let bound = cpu_bound(2.0, Duration::from_millis(2), 2000.0);
+        assert!((bound - 0.5).abs() < 1e-9);
+        assert!(cpu_bound(2.0, Duration::ZERO, 0.0).is_finite());
     }
 
     #[test]

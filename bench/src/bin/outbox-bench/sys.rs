@@ -135,10 +135,11 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// CPU time of the three processes together; none unless this process
-    /// and the database server were both read (RabbitMQ may run elsewhere).
+    /// CPU time of the three processes together; none unless all three
+    /// were read (a server on another machine is not counted, and a total
+    /// without it would understate every phase that uses it).
     pub fn total(&self) -> Option<Duration> {
-        let pct = self.own? + self.database? + self.broker.unwrap_or(0.0);
+        let pct = self.own? + self.database? + self.broker?;
         Some(self.wall.mul_f64(pct / 100.0))
     }
 }
