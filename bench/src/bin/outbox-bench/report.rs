@@ -126,11 +126,7 @@ impl Results {
                 f.elapsed.as_secs_f64(),
             );
         }
-        let smaller = match (raw_tx, raw_broker) {
-            (Some(t), Some(b)) => Some(t.min(b)),
-            (Some(t), None) => Some(t),
-            (None, b) => b,
-        };
+        let smaller = self.smaller_raw().map(|(rate, _)| rate);
         if let Some(l) = &self.log_commit {
             let ratio = smaller.map(|f| l.throughput.rate() / f);
             let _ = writeln!(
@@ -271,6 +267,19 @@ impl Results {
         out
     }
 
+    /// The smaller of the two raw rates, which row 3 is held to, and its
+    /// row's name.
+    fn smaller_raw(&self) -> Option<(f64, &'static str)> {
+        let tx = self.tx.as_ref().map(Throughput::rate);
+        let broker = self.broker.as_ref().map(Throughput::rate);
+        match (tx, broker) {
+            (Some(t), Some(b)) if t <= b => Some((t, "1")),
+            (Some(_), Some(b)) => Some((b, "2")),
+            (Some(t), None) => Some((t, "1")),
+            (None, b) => b.map(|b| (b, "2")),
+        }
+    }
+
     /// How far the machine's CPU lets each missed goal go, from the CPU per
     /// record of the rows measured: a path that needs at least the work of
     /// two rows costs at least their sum, and runs at most as fast as the
@@ -280,15 +289,9 @@ impl Results {
             .map(|n| n.get() as f64)
             .unwrap_or(1.0);
         let per = |usage: &Usage| usage.cpu_per_unit;
-        let tx = self.tx.as_ref().map(Throughput::rate);
         let broker_rate = self.broker.as_ref().map(Throughput::rate);
         // Row 3's ratio is to the smaller raw rate, so its bound is too.
-        let smaller = match (tx, broker_rate) {
-            (Some(t), Some(b)) if t <= b => Some((t, "1")),
-            (Some(_), Some(b)) => Some((b, "2")),
-            (Some(t), None) => Some((t, "1")),
-            (None, b) => b.map(|b| (b, "2")),
-        };
+        let smaller = self.smaller_raw();
         let broker = self.broker.as_ref().and_then(|b| per(&b.usage));
         let floor_commit = self.floor_commit.as_ref().and_then(|f| per(&f.usage));
         let floor_backlog = self.floor_backlog.as_ref().and_then(|f| per(&f.usage));
