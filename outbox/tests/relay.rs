@@ -875,6 +875,15 @@ async fn a_backlog_committed_at_a_few_instants_is_swept_without_waiting_for_the_
     env.db.drop().await.ok();
 }
 
+/// Starts `relay`: its waker, and the handle that stops it.
+fn started(relay: Relay) -> (Waker, RelayHandle) {
+    let waker = relay.waker();
+    (
+        waker,
+        relay.start(tokio_util::sync::CancellationToken::new()),
+    )
+}
+
 /// A relay that polls once an hour and has no watcher: only wake-ups and
 /// hand-overs make it run a round.
 fn woken_only(env: &Env) -> RelayConfig {
@@ -893,9 +902,8 @@ async fn started_past_its_first_round(
     config: RelayConfig,
 ) -> (Waker, RelayHandle) {
     stage(env, vec![message(env, "first", 0)]).await;
-    let relay = Relay::new(env.outbox.clone(), config).with_broker(broker(&env.exchange));
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    let (waker, handle) =
+        started(Relay::new(env.outbox.clone(), config).with_broker(broker(&env.exchange)));
     assert_eq!(receive_exactly(peer, 1).await, [("first".to_string(), 0)]);
     (waker, handle)
 }
@@ -941,16 +949,16 @@ async fn a_handed_over_aggregate_that_needs_no_broker_runs_while_the_broker_is_u
         vec![NewRecord::command("first", "notify", serde_json::json!({}))],
     )
     .await;
-    let relay = Relay::new(env.outbox.clone(), woken_only(&env))
-        .with_broker(Broker::new(BrokerConfig {
-            uri: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
-            connection_name: "outbox-test-unreachable".into(),
-            connect_timeout: Duration::from_secs(2),
-            topology: Topology::default(),
-        }))
-        .with_handler("notify", notify.clone());
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    let (waker, handle) = started(
+        Relay::new(env.outbox.clone(), woken_only(&env))
+            .with_broker(Broker::new(BrokerConfig {
+                uri: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+                connection_name: "outbox-test-unreachable".into(),
+                connect_timeout: Duration::from_secs(2),
+                topology: Topology::default(),
+            }))
+            .with_handler("notify", notify.clone()),
+    );
     // The first round scans and asks nothing of the broker.
     tokio::time::timeout(Duration::from_secs(10), notify.called(1))
         .await
@@ -1024,9 +1032,8 @@ async fn a_round_with_nothing_to_mark_keeps_the_running_mark_so_nothing_is_sent_
         per_aggregate: RECORDS,
         ..woken_only(&env)
     };
-    let relay = Relay::new(env.outbox.clone(), config).with_handler("count", counter.clone());
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    let (waker, handle) =
+        started(Relay::new(env.outbox.clone(), config).with_handler("count", counter.clone()));
     tokio::time::timeout(Duration::from_secs(30), counter.called(RECORDS as usize))
         .await
         .expect("every record delivered once");
@@ -1133,11 +1140,11 @@ async fn a_slow_round_does_not_hold_back_records_committed_after_it() {
         lease: Duration::from_secs(300),
         ..test_relay(&env)
     };
-    let relay = Relay::new(env.outbox.clone(), config)
-        .with_handler("slow", gate.clone())
-        .with_handler("count", counter.clone());
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    let (waker, handle) = started(
+        Relay::new(env.outbox.clone(), config)
+            .with_handler("slow", gate.clone())
+            .with_handler("count", counter.clone()),
+    );
 
     // A command hanging on its provider, as a refund can for most of the
     // lease, holds only its own round.
@@ -1205,11 +1212,11 @@ async fn a_round_that_panics_is_settled_and_its_record_goes_again() {
         rounds_in_flight: 1,
         ..test_relay(&env)
     };
-    let relay = Relay::new(env.outbox.clone(), config)
-        .with_handler("buggy", buggy.clone())
-        .with_handler("count", counter.clone());
-    let waker = relay.waker();
-    let handle = relay.start(tokio_util::sync::CancellationToken::new());
+    let (waker, handle) = started(
+        Relay::new(env.outbox.clone(), config)
+            .with_handler("buggy", buggy.clone())
+            .with_handler("count", counter.clone()),
+    );
 
     stage_command(&env, &waker, "order-1", "buggy").await;
     stage_command(&env, &waker, "order-2", "count").await;
