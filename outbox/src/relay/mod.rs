@@ -23,7 +23,8 @@
 //!
 //! Layout:
 //! - this module: the relay, its settings and one round's scan, claim and read;
-//! - `delivery`: a claimed round's sends, in order per aggregate, and its failures;
+//! - `delivery`: a claimed round's sends, in order per aggregate, its failures,
+//!   and the mark and release after;
 //! - `due`: which aggregates a round takes, given the rounds in flight;
 //! - `sweep`: the window a scan of a large backlog covers;
 //! - `run_loop`: the running loop and its rounds in flight;
@@ -57,7 +58,6 @@ use std::time::{Duration, Instant};
 use sweep::{Sweep, next_sweep};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// Tuning of one relay instance; every field has a production default.
 #[derive(Debug, Clone)]
@@ -228,8 +228,10 @@ impl Relay {
         self
     }
 
-    /// Run [`Destination::Command`] records named `name` (or socket emits,
-    /// under [`Destination::SOCKET_HANDLER`]) with `handler`.
+    /// Run [`Destination::Command`](crate::Destination::Command) records
+    /// named `name` (or socket emits, under
+    /// [`Destination::SOCKET_HANDLER`](crate::Destination::SOCKET_HANDLER))
+    /// with `handler`.
     pub fn with_handler(mut self, name: impl Into<String>, handler: Arc<dyn Handler>) -> Self {
         self.handlers.insert(name.into(), handler);
         self
@@ -395,39 +397,6 @@ impl Relay {
             span,
         };
         Ok((total, Some(claimed)))
-    }
-
-    /// Delivers a claimed round, tells the loop through `delivered` once
-    /// every publish has its outcome, then marks the confirmed records
-    /// published and releases the leases, whatever the mark did.
-    async fn complete(
-        &self,
-        claimed: Claimed,
-        delivered: watch::Sender<bool>,
-    ) -> Result<RoundOutcome> {
-        let Claimed {
-            claimed,
-            pending,
-            channel,
-            claimed_at,
-            span,
-        } = claimed;
-        let (outcome, confirmed) = self
-            .deliver_claimed(pending, channel.as_ref(), claimed_at)
-            .instrument(span.clone())
-            .await;
-        span.record("delivered", outcome.delivered);
-        // The next round need not wait for this one's mark and release:
-        // its aggregates stay busy until the round is settled.
-        delivered.send_replace(true);
-        // Chaos: the process dies with the records confirmed but not marked;
-        // another relay sends them again once the leases expire.
-        fail::fail_point!("outbox-before-mark", |_| std::process::abort());
-        let marked = self.outbox.mark_published(&confirmed).await;
-        let released = self.leases.release_many(&claimed).await;
-        marked?;
-        released?;
-        Ok(outcome)
     }
 
     async fn due_aggregates(&self) -> Result<DueAggregates> {

@@ -1,4 +1,4 @@
-//! Wake-ups from the outbox change stream, for records another instance committed.
+//! Wake-ups from the outbox change stream, for inserts by any instance.
 
 use super::Waker;
 use crate::store::Outbox;
